@@ -1,0 +1,88 @@
+# swapcopy top-level build. Settings come from config.mk (./configure); on a
+# fresh clone the first 'make' installs missing Debian packages (as root) and
+# runs ./configure itself.
+
+-include config.mk
+
+BUILDDIR ?= build
+PREFIX ?= /usr/local
+SANITIZERS ?= no
+B := $(BUILDDIR)
+
+CC ?= cc
+WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-prototypes
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) -pthread -MMD -MP
+ifeq ($(SANITIZERS),yes)
+BASE_CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -DSWAPCOPY_SANITIZED=1
+BASE_LDFLAGS += -fsanitize=address,undefined
+endif
+ALL_CFLAGS = $(BASE_CFLAGS) $(DEPS_CFLAGS) -Iinclude $(CFLAGS)
+ALL_LDFLAGS = $(BASE_LDFLAGS) -pthread $(LDFLAGS)
+LIBS = $(DEPS_LIBS)
+
+# nbd-pagesrv: every .c in nbd-pagesrv/ except the small control client.
+PAGESRV_SRCS := $(filter-out nbd-pagesrv/pagesrv-ctl.c,$(wildcard nbd-pagesrv/*.c))
+PAGESRV_OBJS := $(PAGESRV_SRCS:%.c=$(B)/obj/%.o)
+# Test and benchmark programs: one .c file each.
+TEST_PROGS := $(patsubst tests/progs/%.c,$(B)/tests/%,$(wildcard tests/progs/*.c))
+BENCH_PROGS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
+
+PROGRAMS := $(B)/nbd-pagesrv $(B)/pagesrv-ctl
+
+# Keep objects of the pattern-built programs between runs.
+.SECONDARY:
+
+.PHONY: all deps check check-sanitizers demo bench install clean distclean
+all: $(PROGRAMS) $(TEST_PROGS) $(BENCH_PROGS)
+
+config.mk: configure scripts/install-deps.sh
+	sh scripts/install-deps.sh
+	./configure
+
+deps:
+	sh scripts/install-deps.sh
+
+$(B)/obj/%.o: %.c config.mk
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(B)/nbd-pagesrv: $(PAGESRV_OBJS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+$(B)/pagesrv-ctl: $(B)/obj/nbd-pagesrv/pagesrv-ctl.o
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+$(B)/tests/%: $(B)/obj/tests/progs/%.o
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+$(B)/bench/%: $(B)/obj/bench/%.o
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+# The whole suite; its last line is the summary 'N passed, N failed'.
+check: all
+	SWAPCOPY_BUILD=$(abspath $(B)) SUMMARY_LABEL=$(SUMMARY_LABEL) tests/run.sh
+
+# The same suite built with ASan/UBSan, in its own build directory.
+check-sanitizers:
+	$(MAKE) BUILDDIR=build-san SANITIZERS=yes SUMMARY_LABEL=sanitizers: check
+
+demo: all
+	SWAPCOPY_BUILD=$(abspath $(B)) scripts/demo.sh
+
+bench: all
+	SWAPCOPY_BUILD=$(abspath $(B)) bench/run-all.sh
+
+install: $(PROGRAMS)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/swapcopy
+	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 scripts/*.sh $(DESTDIR)$(PREFIX)/libexec/swapcopy/
+
+clean:
+	rm -rf build build-san
+
+distclean: clean
+	rm -f config.mk
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)

@@ -1,0 +1,168 @@
+#include "listener.h"
+
+#include <errno.h>
+#include <glib-unix.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+struct Listener {
+    Server *server;
+    int fd;
+    char *what;
+    gboolean is_unix;
+    guint source;
+    uint64_t accepted;
+};
+
+int listen_unix(const char *path, GError **error)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof sa.sun_path) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL,
+                    "socket path %s is longer than the %zu bytes a Unix socket allows; "
+                    "use a shorter path", path, sizeof sa.sun_path - 1);
+        return -1;
+    }
+    strcpy(sa.sun_path, path);
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_EXIST,
+                        "%s exists and is not a socket; refusing to replace it", path);
+            return -1;
+        }
+        /* Replace a socket only if nobody answers on it. */
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0) {
+            close(probe);
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                        "another process is serving on %s; stop it or choose another path",
+                        path);
+            return -1;
+        }
+        if (probe >= 0)
+            close(probe);
+        unlink(path);
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 64) < 0) {
+        int err = errno;
+        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err),
+                    "cannot listen on Unix socket %s: %s", path, g_strerror(err));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static gboolean split_hostport(const char *hostport, char **host, char **port, GError **error)
+{
+    const char *colon = strrchr(hostport, ':');
+    if (!colon || colon[1] == 0) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL,
+                    "'%s' is not HOST:PORT (e.g. 127.0.0.1:4444)", hostport);
+        return FALSE;
+    }
+    const char *h = hostport, *he = colon;
+    if (*h == '[' && he > h && he[-1] == ']') {
+        h++;
+        he--;
+    }
+    *host = he > h ? g_strndup(h, (gsize)(he - h)) : NULL;
+    *port = g_strdup(colon + 1);
+    return TRUE;
+}
+
+int listen_tcp(const char *hostport, GError **error)
+{
+    g_autofree char *host = NULL, *port = NULL;
+    if (!split_hostport(hostport, &host, &port, error))
+        return -1;
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_PASSIVE }, *res = NULL;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL,
+                    "cannot resolve listen address %s: %s", hostport, gai_strerror(rc));
+        return -1;
+    }
+    int fd = -1, err = 0;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) {
+            err = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 64) == 0)
+            break;
+        err = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err),
+                    "cannot listen on %s: %s (is the port already in use?)", hostport,
+                    g_strerror(err));
+    return fd;
+}
+
+static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
+{
+    (void)cond;
+    Listener *l = data;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int cfd = accept4(fd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC);
+    if (cfd < 0) {
+        if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED)
+            g_warning("accept on %s failed: %s (out of file descriptors? raise ulimit -n)",
+                      l->what, g_strerror(errno));
+        return G_SOURCE_CONTINUE;
+    }
+    l->accepted++;
+    char peer[160];
+    if (l->is_unix) {
+        g_snprintf(peer, sizeof peer, "%s#%" G_GUINT64_FORMAT, l->what, l->accepted);
+    } else {
+        char h[NI_MAXHOST] = "?", p[NI_MAXSERV] = "?";
+        getnameinfo((struct sockaddr *)&ss, sl, h, sizeof h, p, sizeof p,
+                    NI_NUMERICHOST | NI_NUMERICSERV);
+        int one = 1;
+        /* Small replies (4 KiB pages) must not wait for Nagle. */
+        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        g_snprintf(peer, sizeof peer, "%s:%s", h, p);
+    }
+    server_add_connection(l->server, cfd, peer);
+    return G_SOURCE_CONTINUE;
+}
+
+Listener *listener_new(Server *s, int fd, const char *what, gboolean is_unix)
+{
+    Listener *l = g_new0(Listener, 1);
+    l->server = s;
+    l->fd = fd;
+    l->what = g_strdup(what);
+    l->is_unix = is_unix;
+    l->source = g_unix_fd_add(fd, G_IO_IN, on_accept, l);
+    return l;
+}
+
+void listener_free(Listener *l)
+{
+    if (!l)
+        return;
+    g_source_remove(l->source);
+    close(l->fd);
+    g_free(l->what);
+    g_free(l);
+}

@@ -1,0 +1,267 @@
+/* nbd-pagesrv: the NBD server behind swapcopy's swap device.
+ *
+ *   destination / swap device:  nbd-pagesrv --size SIZE --socket PATH [--src HOST:PORT]
+ *   migration source:           nbd-pagesrv --export NAME=FILE --listen HOST:PORT
+ *
+ * This file parses options, builds the exports, and runs the GLib main loop
+ * until SIGINT/SIGTERM; the protocol lives in handshake.c/transmission.c. */
+#include <errno.h>
+#include <glib-unix.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "control.h"
+#include "daemon-safety.h"
+#include "listener.h"
+#include "page-store-export.h"
+#include "server.h"
+#include "size-arg.h"
+
+typedef struct {
+    /* Options. */
+    char *size_arg;
+    char *name;
+    char **sockets;
+    char **listens;
+    char *store_path;
+    char *mem_limit_arg;
+    char *control_path;
+    gboolean no_mlock;
+    gboolean verbose;
+    gint stats_interval;
+
+    /* Running state. */
+    Server server;
+    GPtrArray *listeners;          /* of Listener* */
+    ControlServer *control;
+    GMainLoop *loop;
+    int exit_status;
+} App;
+
+static void app_stats_json(App *app, GString *out)
+{
+    g_string_append_c(out, '{');
+    server_stats_to_json(&app->server.stats, out);
+    GPtrArray *exports = app->server.exports.exports;
+    /* The swap device's store is what users ask about first. */
+    Export *first = exports->len ? g_ptr_array_index(exports, 0) : NULL;
+    if (first && first->ops->stats_json) {
+        g_string_append(out, ",\"store\":");
+        first->ops->stats_json(first, out);
+    }
+    g_string_append(out, ",\"exports\":[");
+    for (guint i = 0; i < exports->len; i++) {
+        Export *e = g_ptr_array_index(exports, i);
+        g_string_append_printf(out, "%s{\"name\":", i ? "," : "");
+        json_append_string(out, e->name);
+        g_string_append_printf(out, ",\"size\":%" G_GUINT64_FORMAT ",\"read_only\":%s}",
+                               e->size, e->read_only ? "true" : "false");
+    }
+    g_string_append(out, "]}");
+}
+
+static void cmd_stats(ControlClient *cl, int argc, char **argv, gpointer data)
+{
+    (void)argc;
+    (void)argv;
+    g_autoptr(GString) out = g_string_new(NULL);
+    app_stats_json(data, out);
+    control_reply(cl, out->str);
+}
+
+static void log_stats(App *app, const char *when)
+{
+    ServerStats *s = &app->server.stats;
+    g_message("statistics %s: %" G_GUINT64_FORMAT " connections; requests: read %"
+              G_GUINT64_FORMAT ", write %" G_GUINT64_FORMAT ", flush %" G_GUINT64_FORMAT
+              ", trim %" G_GUINT64_FORMAT ", write_zeroes %" G_GUINT64_FORMAT ", other %"
+              G_GUINT64_FORMAT ", errors %" G_GUINT64_FORMAT "; %.1f MiB read, %.1f MiB "
+              "written; latency p50 %" G_GUINT64_FORMAT " us, p99 %" G_GUINT64_FORMAT
+              " us, max %" G_GUINT64_FORMAT " us", when, s->connections_total,
+              s->requests[NBD_CMD_READ], s->requests[NBD_CMD_WRITE], s->requests[NBD_CMD_FLUSH],
+              s->requests[NBD_CMD_TRIM], s->requests[NBD_CMD_WRITE_ZEROES],
+              s->requests[NBD_CMD_CACHE] + s->requests[NBD_CMD_BLOCK_STATUS] +
+                  s->requests[NBD_CMD_DISC] + s->requests_invalid,
+              s->errors, (double)s->bytes_read / 1048576.0,
+              (double)s->bytes_written / 1048576.0, latency_hist_quantile(&s->latency, 0.5),
+              latency_hist_quantile(&s->latency, 0.99), s->latency.max_us);
+}
+
+static gboolean on_quit_signal(gpointer data)
+{
+    App *app = data;
+    g_message("signal received: shutting down");
+    g_main_loop_quit(app->loop);
+    return G_SOURCE_CONTINUE;
+}
+
+static gboolean on_usr1(gpointer data)
+{
+    log_stats(data, "so far");
+    return G_SOURCE_CONTINUE;
+}
+
+static gboolean on_stats_timer(gpointer data)
+{
+    log_stats(data, "so far");
+    return G_SOURCE_CONTINUE;
+}
+
+static bool add_swap_device(App *app, GError **error)
+{
+    uint64_t size, mem_limit = 256u << 20;
+    if (!parse_size("--size", app->size_arg, &size, error))
+        return false;
+    if (app->mem_limit_arg && !parse_size("--mem-limit", app->mem_limit_arg, &mem_limit, error))
+        return false;
+    if (size % 4096) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "--size %s is not a multiple of 4 KiB (the swap page size)", app->size_arg);
+        return false;
+    }
+    PageStore *ps = page_store_new(size, app->store_path, mem_limit, error);
+    if (!ps)
+        return false;
+    export_set_add(&app->server.exports,
+                   page_store_export_new(app->name ? app->name : "swap", ps, size));
+    g_message("swap device export '%s': %" G_GUINT64_FORMAT " MiB, RAM up to %" G_GUINT64_FORMAT
+              " MiB, then spill file %s", app->name ? app->name : "swap", size >> 20,
+              mem_limit >> 20, app->store_path ? app->store_path : "(temporary)");
+    return true;
+}
+
+static bool start_listening(App *app, GError **error)
+{
+    for (char **p = app->sockets; p && *p; p++) {
+        int fd = listen_unix(*p, error);
+        if (fd < 0)
+            return false;
+        g_ptr_array_add(app->listeners, listener_new(&app->server, fd, *p, TRUE));
+        g_message("serving NBD on Unix socket %s", *p);
+    }
+    for (char **p = app->listens; p && *p; p++) {
+        int fd = listen_tcp(*p, error);
+        if (fd < 0)
+            return false;
+        g_ptr_array_add(app->listeners, listener_new(&app->server, fd, *p, FALSE));
+        g_message("serving NBD on TCP %s", *p);
+    }
+    if (app->control_path) {
+        app->control = control_server_new(app->control_path, error);
+        if (!app->control)
+            return false;
+        control_register(app->control, "stats", "stats: counters, latency and store as JSON",
+                         cmd_stats, app);
+        g_message("control socket %s", app->control_path);
+    }
+    return true;
+}
+
+static bool parse_options(App *app, int *argc, char ***argv, GError **error)
+{
+    GOptionEntry entries[] = {
+        { "size", 0, 0, G_OPTION_ARG_STRING, &app->size_arg,
+          "Serve a swap device of SIZE bytes (K/M/G suffixes)", "SIZE" },
+        { "name", 0, 0, G_OPTION_ARG_STRING, &app->name,
+          "Export name of the swap device (default: swap)", "NAME" },
+        { "socket", 0, 0, G_OPTION_ARG_STRING_ARRAY, &app->sockets,
+          "Listen on a Unix socket (repeatable)", "PATH" },
+        { "listen", 0, 0, G_OPTION_ARG_STRING_ARRAY, &app->listens,
+          "Listen on TCP (repeatable)", "HOST:PORT" },
+        { "store", 0, 0, G_OPTION_ARG_FILENAME, &app->store_path,
+          "Spill file for pages beyond --mem-limit (default: unlinked file in $TMPDIR)", "FILE" },
+        { "mem-limit", 0, 0, G_OPTION_ARG_STRING, &app->mem_limit_arg,
+          "RAM the page store may use before spilling (default: 256M)", "SIZE" },
+        { "control", 0, 0, G_OPTION_ARG_FILENAME, &app->control_path,
+          "Control socket (statistics, mappings; see docs/control-protocol.md)", "PATH" },
+        { "stats-interval", 0, 0, G_OPTION_ARG_INT, &app->stats_interval,
+          "Log statistics every SECS seconds (default: only on SIGUSR1 and at exit)", "SECS" },
+        { "no-mlock", 0, 0, G_OPTION_ARG_NONE, &app->no_mlock,
+          "Do not lock the server's memory (unsafe when serving swap)", NULL },
+        { "verbose", 'v', 0, G_OPTION_ARG_NONE, &app->verbose, "Log every connection", NULL },
+        { NULL, 0, 0, 0, NULL, NULL, NULL },
+    };
+    g_autoptr(GOptionContext) ctx = g_option_context_new("- serve swapcopy's swap device over NBD");
+    g_option_context_add_main_entries(ctx, entries, NULL);
+    g_option_context_set_description(ctx,
+        "Example: nbd-pagesrv --size 2G --socket /run/swapcopy/vm1.sock --control /run/swapcopy/vm1.ctl\n"
+        "Documentation: docs/nbd-pagesrv.md");
+    if (!g_option_context_parse(ctx, argc, argv, error))
+        return false;
+    if (*argc > 1) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                    "unexpected argument '%s' (see --help)", (*argv)[1]);
+        return false;
+    }
+    if (!app->size_arg) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                    "nothing to serve: give --size SIZE for a swap device (see --help)");
+        return false;
+    }
+    if (!app->sockets && !app->listens) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                    "no address to serve on: give --socket PATH and/or --listen HOST:PORT");
+        return false;
+    }
+    return true;
+}
+
+static void app_free(App *app)
+{
+    if (app->listeners)
+        g_ptr_array_unref(app->listeners);
+    control_server_free(app->control);
+    server_shutdown(&app->server);
+    for (char **p = app->sockets; p && *p; p++)
+        unlink(*p);
+    server_clear(&app->server);
+    if (app->loop)
+        g_main_loop_unref(app->loop);
+    g_free(app->size_arg);
+    g_free(app->name);
+    g_strfreev(app->sockets);
+    g_strfreev(app->listens);
+    g_free(app->store_path);
+    g_free(app->mem_limit_arg);
+    g_free(app->control_path);
+}
+
+int main(int argc, char **argv)
+{
+    App app = { 0 };
+    g_autoptr(GError) error = NULL;
+    g_set_prgname("nbd-pagesrv");
+    /* A client that vanishes must cost us an EPIPE, not the process. */
+    signal(SIGPIPE, SIG_IGN);
+
+    server_init(&app.server);
+    app.listeners = g_ptr_array_new_with_free_func((GDestroyNotify)listener_free);
+    if (!parse_options(&app, &argc, &argv, &error))
+        goto fail;
+    if (app.verbose)
+        g_log_set_debug_enabled(TRUE);
+    if (!add_swap_device(&app, &error))
+        goto fail;
+    daemon_make_swap_safe(!app.no_mlock);
+    if (!start_listening(&app, &error))
+        goto fail;
+
+    app.loop = g_main_loop_new(NULL, FALSE);
+    g_unix_signal_add(SIGINT, on_quit_signal, &app);
+    g_unix_signal_add(SIGTERM, on_quit_signal, &app);
+    g_unix_signal_add(SIGUSR1, on_usr1, &app);
+    if (app.stats_interval > 0)
+        g_timeout_add_seconds((guint)app.stats_interval, on_stats_timer, &app);
+    g_main_loop_run(app.loop);
+
+    log_stats(&app, "at exit");
+    app_free(&app);
+    return app.exit_status;
+
+fail:
+    fprintf(stderr, "nbd-pagesrv: %s\n", error->message);
+    app_free(&app);
+    return 1;
+}

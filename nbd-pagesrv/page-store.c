@@ -1,0 +1,450 @@
+#include "page-store.h"
+
+#include "export.h"
+#include "nbd-proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define KIND_SHIFT 60
+#define PAYLOAD_MASK ((UINT64_C(1) << KIND_SHIFT) - 1)
+#define REMOTE_EXPORT_SHIFT 48
+#define REMOTE_PAGE_MASK ((UINT64_C(1) << REMOTE_EXPORT_SHIFT) - 1)
+#define POOL_CHUNK_PAGES 512          /* RAM pool grows 2 MiB at a time */
+#define STRIPES 256                   /* slot locks: slot i uses lock i % STRIPES */
+
+static inline SlotKind kind_of(uint64_t e) { return (SlotKind)(e >> KIND_SHIFT); }
+static inline uint64_t payload_of(uint64_t e) { return e & PAYLOAD_MASK; }
+static inline uint64_t make_entry(SlotKind k, uint64_t payload)
+{
+    return (uint64_t)k << KIND_SHIFT | payload;
+}
+static inline uint64_t remote_payload(unsigned export_id, uint64_t page)
+{
+    return (uint64_t)export_id << REMOTE_EXPORT_SHIFT | page;
+}
+
+struct PageStore {
+    uint64_t size;
+    uint64_t nslots;
+    uint64_t *slot;               /* nslots entries, mmap'd so untouched parts cost nothing */
+    GMutex stripe[STRIPES];
+
+    /* RAM pool: pages are addressed by index; freed indices are reused. */
+    GMutex pool_lock;
+    unsigned char **chunk;
+    uint64_t nchunks;
+    uint64_t pool_used;           /* indices handed out so far (high water) */
+    uint64_t pool_max;            /* mem_limit in pages */
+    GArray *pool_free;            /* of uint64_t */
+
+    int spill_fd;
+    char *spill_path;
+
+    PageFetchFn fetch;
+    void *fetch_opaque;
+
+    uint64_t n_ram, n_file, n_remote;   /* atomics */
+};
+
+static GMutex *lock_for(PageStore *ps, uint64_t slot)
+{
+    return &ps->stripe[slot % STRIPES];
+}
+
+static unsigned char *pool_page(PageStore *ps, uint64_t idx)
+{
+    return ps->chunk[idx / POOL_CHUNK_PAGES] + (idx % POOL_CHUNK_PAGES) * PAGE_SIZE_BYTES;
+}
+
+/* Returns a RAM pool index, or UINT64_MAX when the pool is at mem_limit. */
+static uint64_t pool_alloc(PageStore *ps)
+{
+    uint64_t idx = UINT64_MAX;
+    g_mutex_lock(&ps->pool_lock);
+    if (ps->pool_free->len > 0) {
+        idx = g_array_index(ps->pool_free, uint64_t, ps->pool_free->len - 1);
+        g_array_set_size(ps->pool_free, ps->pool_free->len - 1);
+    } else if (ps->pool_used < ps->pool_max) {
+        uint64_t c = ps->pool_used / POOL_CHUNK_PAGES;
+        if (c >= ps->nchunks) {
+            void *mem = mmap(NULL, (size_t)POOL_CHUNK_PAGES * PAGE_SIZE_BYTES,
+                             PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (mem == MAP_FAILED) {
+                g_warning("page store: cannot grow the RAM pool (mmap of 2 MiB failed: %s); "
+                          "spilling to %s instead", g_strerror(errno), ps->spill_path);
+                goto out;
+            }
+            ps->chunk = g_renew(unsigned char *, ps->chunk, ps->nchunks + 1);
+            ps->chunk[ps->nchunks++] = mem;
+        }
+        idx = ps->pool_used++;
+    }
+out:
+    g_mutex_unlock(&ps->pool_lock);
+    return idx;
+}
+
+static void pool_release(PageStore *ps, uint64_t idx)
+{
+    g_mutex_lock(&ps->pool_lock);
+    g_array_append_val(ps->pool_free, idx);
+    g_mutex_unlock(&ps->pool_lock);
+}
+
+static int open_spill(PageStore *ps, const char *path, GError **error)
+{
+    if (path) {
+        ps->spill_path = g_strdup(path);
+        ps->spill_fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    } else {
+        ps->spill_path = g_strdup_printf("%s (unlinked temporary file)", g_get_tmp_dir());
+        ps->spill_fd = open(g_get_tmp_dir(), O_RDWR | O_TMPFILE | O_CLOEXEC, 0600);
+    }
+    if (ps->spill_fd < 0) {
+        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
+                    "cannot open the spill file %s: %s (give a writable path with --store)",
+                    ps->spill_path, g_strerror(errno));
+        return -1;
+    }
+    if (ftruncate(ps->spill_fd, (off_t)ps->size) < 0) {
+        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
+                    "cannot size the spill file %s to %" G_GUINT64_FORMAT " bytes: %s "
+                    "(does its file system support sparse files of that size?)",
+                    ps->spill_path, ps->size, g_strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+PageStore *page_store_new(uint64_t size, const char *spill_path, uint64_t mem_limit,
+                          GError **error)
+{
+    if (size == 0 || size % PAGE_SIZE_BYTES != 0) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "device size %" G_GUINT64_FORMAT " is not a positive multiple of 4096",
+                    size);
+        return NULL;
+    }
+    PageStore *ps = g_new0(PageStore, 1);
+    ps->size = size;
+    ps->nslots = size / PAGE_SIZE_BYTES;
+    ps->spill_fd = -1;
+    ps->pool_max = mem_limit / PAGE_SIZE_BYTES;
+    ps->pool_free = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+    g_mutex_init(&ps->pool_lock);
+    for (unsigned i = 0; i < STRIPES; i++)
+        g_mutex_init(&ps->stripe[i]);
+
+    size_t table = (size_t)ps->nslots * sizeof(uint64_t);
+    ps->slot = mmap(NULL, table, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (ps->slot == MAP_FAILED) {
+        ps->slot = NULL;
+        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
+                    "cannot map the slot table (%zu bytes for %" G_GUINT64_FORMAT
+                    " slots): %s (use a smaller --size)", table, ps->nslots,
+                    g_strerror(errno));
+        page_store_free(ps);
+        return NULL;
+    }
+    if (open_spill(ps, spill_path, error) < 0) {
+        page_store_free(ps);
+        return NULL;
+    }
+    return ps;
+}
+
+void page_store_free(PageStore *ps)
+{
+    if (!ps)
+        return;
+    if (ps->slot)
+        munmap(ps->slot, (size_t)ps->nslots * sizeof(uint64_t));
+    for (uint64_t c = 0; c < ps->nchunks; c++)
+        munmap(ps->chunk[c], (size_t)POOL_CHUNK_PAGES * PAGE_SIZE_BYTES);
+    g_free(ps->chunk);
+    g_array_unref(ps->pool_free);
+    if (ps->spill_fd >= 0)
+        close(ps->spill_fd);
+    g_free(ps->spill_path);
+    for (unsigned i = 0; i < STRIPES; i++)
+        g_mutex_clear(&ps->stripe[i]);
+    g_mutex_clear(&ps->pool_lock);
+    g_free(ps);
+}
+
+static int spill_io(PageStore *ps, bool write, void *buf, size_t len, uint64_t off)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = write ? pwrite(ps->spill_fd, (char *)buf + done, len - done, (off_t)(off + done))
+                          : pread(ps->spill_fd, (char *)buf + done, len - done, (off_t)(off + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int err = n < 0 ? errno : EIO;
+            g_warning("page store: %s of the spill file %s at offset %" G_GUINT64_FORMAT
+                      " failed: %s", write ? "write" : "read", ps->spill_path, off + done,
+                      g_strerror(err));
+            return err;
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+/* Frees whatever slot `s` holds and leaves it EMPTY. Caller holds its lock. */
+static void slot_clear(PageStore *ps, uint64_t s)
+{
+    uint64_t e = ps->slot[s];
+    switch (kind_of(e)) {
+    case SLOT_RAM:
+        pool_release(ps, payload_of(e));
+        __atomic_sub_fetch(&ps->n_ram, 1, __ATOMIC_RELAXED);
+        break;
+    case SLOT_FILE:
+        /* Give the space back; failure only costs disk space. */
+        if (fallocate(ps->spill_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      (off_t)(s << PAGE_SHIFT_BITS), PAGE_SIZE_BYTES) < 0 &&
+            errno != EOPNOTSUPP)
+            g_debug("page store: punching slot %" G_GUINT64_FORMAT " out of %s: %s", s,
+                    ps->spill_path, g_strerror(errno));
+        __atomic_sub_fetch(&ps->n_file, 1, __ATOMIC_RELAXED);
+        break;
+    case SLOT_REMOTE:
+        __atomic_sub_fetch(&ps->n_remote, 1, __ATOMIC_RELAXED);
+        break;
+    case SLOT_EMPTY:
+        break;
+    }
+    ps->slot[s] = 0;
+}
+
+static bool page_is_zero(const unsigned char *p)
+{
+    static const unsigned char zero[64];
+    for (unsigned i = 0; i < PAGE_SIZE_BYTES; i += sizeof zero)
+        if (memcmp(p + i, zero, sizeof zero) != 0)
+            return false;
+    return true;
+}
+
+/* Store a whole page into slot s, whatever it held. Caller holds its lock. */
+static int slot_store(PageStore *ps, uint64_t s, const unsigned char *page)
+{
+    uint64_t e = ps->slot[s];
+    if (page_is_zero(page)) {
+        slot_clear(ps, s);
+        return 0;
+    }
+    if (kind_of(e) == SLOT_RAM) {
+        memcpy(pool_page(ps, payload_of(e)), page, PAGE_SIZE_BYTES);
+        return 0;
+    }
+    if (kind_of(e) == SLOT_FILE)
+        return spill_io(ps, true, (void *)page, PAGE_SIZE_BYTES, s << PAGE_SHIFT_BITS);
+    slot_clear(ps, s);
+    uint64_t idx = pool_alloc(ps);
+    if (idx != UINT64_MAX) {
+        memcpy(pool_page(ps, idx), page, PAGE_SIZE_BYTES);
+        ps->slot[s] = make_entry(SLOT_RAM, idx);
+        __atomic_add_fetch(&ps->n_ram, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    int err = spill_io(ps, true, (void *)page, PAGE_SIZE_BYTES, s << PAGE_SHIFT_BITS);
+    if (err)
+        return err;
+    ps->slot[s] = make_entry(SLOT_FILE, 0);
+    __atomic_add_fetch(&ps->n_file, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* Copy [in, in+len) of local slot s into dst. Caller holds its lock. */
+static int slot_load(PageStore *ps, uint64_t s, unsigned in, unsigned len, unsigned char *dst)
+{
+    uint64_t e = ps->slot[s];
+    switch (kind_of(e)) {
+    case SLOT_EMPTY:
+        memset(dst, 0, len);
+        return 0;
+    case SLOT_RAM:
+        memcpy(dst, pool_page(ps, payload_of(e)) + in, len);
+        return 0;
+    case SLOT_FILE:
+        return spill_io(ps, false, dst, len, (s << PAGE_SHIFT_BITS) + in);
+    case SLOT_REMOTE:
+        break;
+    }
+    g_assert_not_reached();  /* callers resolve REMOTE slots first */
+}
+
+/* Slot s is REMOTE: fetch it (without the lock), install it if the slot is
+ * still the same remote page, and return with the lock held again. The
+ * caller re-examines the slot: a write may have got there first. */
+static int resolve_remote(PageStore *ps, uint64_t s, GMutex *lock)
+{
+    uint64_t e = ps->slot[s];
+    unsigned export_id = (unsigned)(payload_of(e) >> REMOTE_EXPORT_SHIFT);
+    uint64_t page = payload_of(e) & REMOTE_PAGE_MASK;
+    if (!ps->fetch) {
+        g_warning("page store: slot %" G_GUINT64_FORMAT " is mapped to the source but no "
+                  "source is connected", s);
+        return EIO;
+    }
+    g_autofree unsigned char *tmp = g_malloc(PAGE_SIZE_BYTES);
+    g_mutex_unlock(lock);
+    int err = ps->fetch(ps->fetch_opaque, export_id, page, tmp);
+    g_mutex_lock(lock);
+    if (err)
+        return err;
+    if (ps->slot[s] == e)
+        return slot_store(ps, s, tmp);
+    return 0;
+}
+
+int page_store_read(PageStore *ps, void *buf, uint32_t len, uint64_t off)
+{
+    unsigned char *out = buf;
+    while (len > 0) {
+        uint64_t s = off >> PAGE_SHIFT_BITS;
+        unsigned in = (unsigned)(off & (PAGE_SIZE_BYTES - 1));
+        unsigned n = MIN(len, PAGE_SIZE_BYTES - in);
+        GMutex *lock = lock_for(ps, s);
+        int err = 0;
+        g_mutex_lock(lock);
+        while (!err && kind_of(ps->slot[s]) == SLOT_REMOTE)
+            err = resolve_remote(ps, s, lock);
+        if (!err)
+            err = slot_load(ps, s, in, n, out);
+        g_mutex_unlock(lock);
+        if (err)
+            return err;
+        out += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+int page_store_write(PageStore *ps, const void *buf, uint32_t len, uint64_t off)
+{
+    const unsigned char *src = buf;
+    unsigned char page[PAGE_SIZE_BYTES];
+    while (len > 0) {
+        uint64_t s = off >> PAGE_SHIFT_BITS;
+        unsigned in = (unsigned)(off & (PAGE_SIZE_BYTES - 1));
+        unsigned n = MIN(len, PAGE_SIZE_BYTES - in);
+        GMutex *lock = lock_for(ps, s);
+        int err = 0;
+        g_mutex_lock(lock);
+        if (n == PAGE_SIZE_BYTES) {
+            err = slot_store(ps, s, src);
+        } else {
+            /* A partial page merges with what the slot holds, which for a
+             * remote slot means fetching it first. */
+            while (!err && kind_of(ps->slot[s]) == SLOT_REMOTE)
+                err = resolve_remote(ps, s, lock);
+            if (!err)
+                err = slot_load(ps, s, 0, PAGE_SIZE_BYTES, page);
+            if (!err) {
+                memcpy(page + in, src, n);
+                err = slot_store(ps, s, page);
+            }
+        }
+        g_mutex_unlock(lock);
+        if (err)
+            return err;
+        src += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+int page_store_discard(PageStore *ps, uint32_t len, uint64_t off)
+{
+    static const unsigned char zero[PAGE_SIZE_BYTES];
+    while (len > 0) {
+        unsigned in = (unsigned)(off & (PAGE_SIZE_BYTES - 1));
+        unsigned n = MIN(len, PAGE_SIZE_BYTES - in);
+        if (n == PAGE_SIZE_BYTES) {
+            uint64_t s = off >> PAGE_SHIFT_BITS;
+            GMutex *lock = lock_for(ps, s);
+            g_mutex_lock(lock);
+            slot_clear(ps, s);
+            g_mutex_unlock(lock);
+        } else {
+            int err = page_store_write(ps, zero, n, off);
+            if (err)
+                return err;
+        }
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+void page_store_extents(PageStore *ps, uint32_t len, uint64_t off, GArray *extents)
+{
+    uint64_t end = off + len;
+    while (off < end) {
+        uint64_t s = off >> PAGE_SHIFT_BITS;
+        uint64_t next = MIN(end, (s + 1) << PAGE_SHIFT_BITS);
+        uint32_t flags = __atomic_load_n(&ps->slot[s], __ATOMIC_RELAXED) == 0
+                             ? (NBD_STATE_HOLE | NBD_STATE_ZERO) : 0;
+        Extent *last = extents->len ? &g_array_index(extents, Extent, extents->len - 1) : NULL;
+        if (last && last->flags == flags && last->length <= UINT32_MAX - (next - off))
+            last->length += (uint32_t)(next - off);
+        else
+            g_array_append_val(extents, ((Extent){ (uint32_t)(next - off), flags }));
+        off = next;
+    }
+}
+
+void page_store_counts(PageStore *ps, PageStoreCounts *out)
+{
+    out->slots = ps->nslots;
+    out->ram_pages = __atomic_load_n(&ps->n_ram, __ATOMIC_RELAXED);
+    out->file_pages = __atomic_load_n(&ps->n_file, __ATOMIC_RELAXED);
+    out->remote_pages = __atomic_load_n(&ps->n_remote, __ATOMIC_RELAXED);
+}
+
+void page_store_set_fetcher(PageStore *ps, PageFetchFn fn, void *opaque)
+{
+    ps->fetch = fn;
+    ps->fetch_opaque = opaque;
+}
+
+bool page_store_map_remote(PageStore *ps, uint64_t slot, unsigned export_id, uint64_t page)
+{
+    if (slot >= ps->nslots)
+        return false;
+    GMutex *lock = lock_for(ps, slot);
+    g_mutex_lock(lock);
+    slot_clear(ps, slot);
+    ps->slot[slot] = make_entry(SLOT_REMOTE, remote_payload(export_id, page));
+    __atomic_add_fetch(&ps->n_remote, 1, __ATOMIC_RELAXED);
+    g_mutex_unlock(lock);
+    return true;
+}
+
+SlotKind page_store_slot_kind(PageStore *ps, uint64_t slot)
+{
+    return kind_of(__atomic_load_n(&ps->slot[slot], __ATOMIC_RELAXED));
+}
+
+bool page_store_fill_remote(PageStore *ps, uint64_t slot, unsigned export_id, uint64_t page,
+                            const void *data)
+{
+    bool done = false;
+    GMutex *lock = lock_for(ps, slot);
+    g_mutex_lock(lock);
+    if (ps->slot[slot] == make_entry(SLOT_REMOTE, remote_payload(export_id, page)))
+        done = slot_store(ps, slot, data) == 0;
+    g_mutex_unlock(lock);
+    return done;
+}

@@ -1,0 +1,66 @@
+/* The page store behind the destination's swap device: one slot per 4 KiB
+ * page of the device. A slot is
+ *   EMPTY   never written, or trimmed: reads as zeros;
+ *   RAM     held in a page of the RAM pool (bounded by mem_limit);
+ *   FILE    held at the slot's own offset in a sparse spill file;
+ *   REMOTE  page P of source export E, not fetched yet (pagesrv-dest.c
+ *           fills these in; page_store_read() hands them to the fetcher).
+ * Requests may be unaligned; whole-page writes of zeros become EMPTY. */
+#ifndef SWAPCOPY_PAGE_STORE_H
+#define SWAPCOPY_PAGE_STORE_H
+
+#include <glib.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define PAGE_SIZE_BYTES 4096u
+#define PAGE_SHIFT_BITS 12
+
+typedef enum {
+    SLOT_EMPTY = 0,
+    SLOT_RAM = 1,
+    SLOT_FILE = 2,
+    SLOT_REMOTE = 3,
+} SlotKind;
+
+typedef struct PageStore PageStore;
+
+/* Fetches remote page `page` of source export `export_id` into dst (4 KiB).
+ * Called without any store lock held; may block. Returns 0 or an errno. */
+typedef int (*PageFetchFn)(void *opaque, unsigned export_id, uint64_t page, void *dst);
+
+typedef struct {
+    uint64_t slots;
+    uint64_t ram_pages;
+    uint64_t file_pages;
+    uint64_t remote_pages;       /* mapped to the source, not yet local */
+} PageStoreCounts;
+
+/* spill_path NULL: an unlinked temporary file in $TMPDIR. */
+PageStore *page_store_new(uint64_t size, const char *spill_path, uint64_t mem_limit,
+                          GError **error);
+void page_store_free(PageStore *ps);
+
+int page_store_read(PageStore *ps, void *buf, uint32_t len, uint64_t off);
+int page_store_write(PageStore *ps, const void *buf, uint32_t len, uint64_t off);
+/* TRIM and WRITE_ZEROES: the range reads as zeros afterwards; whole pages
+ * give their memory back. */
+int page_store_discard(PageStore *ps, uint32_t len, uint64_t off);
+/* Append Extent items describing [off, off+len). */
+void page_store_extents(PageStore *ps, uint32_t len, uint64_t off, GArray *extents);
+void page_store_counts(PageStore *ps, PageStoreCounts *out);
+
+/* For the migration destination. */
+void page_store_set_fetcher(PageStore *ps, PageFetchFn fn, void *opaque);
+/* Map slot -> remote page, discarding what the slot held (the marker page
+ * written while the region was armed). A later write to the slot makes it
+ * local again. Returns false if slot is out of range. */
+bool page_store_map_remote(PageStore *ps, uint64_t slot, unsigned export_id, uint64_t page);
+SlotKind page_store_slot_kind(PageStore *ps, uint64_t slot);
+/* Install fetched data for a slot that is still REMOTE for (export_id,
+ * page); does nothing if the slot has changed meanwhile. Returns true if
+ * installed. */
+bool page_store_fill_remote(PageStore *ps, uint64_t slot, unsigned export_id, uint64_t page,
+                            const void *data);
+
+#endif

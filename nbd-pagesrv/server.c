@@ -1,0 +1,114 @@
+/* Connection lifecycle: one thread per client connection (the kernel's nbd
+ * client and nbdfuse keep several connections with many requests each). */
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "server.h"
+
+#define CONN_STACK_SIZE (256 * 1024)   /* small: the daemon mlocks its memory */
+#define BLOCKING_WORKERS 64
+
+void server_init(Server *s)
+{
+    memset(s, 0, sizeof *s);
+    export_set_init(&s->exports);
+    server_stats_reset(&s->stats);
+    g_mutex_init(&s->lock);
+    g_cond_init(&s->conns_cond);
+    s->conns = g_ptr_array_new();
+    s->blocking_pool = g_thread_pool_new(nbd_blocking_read_job, NULL, BLOCKING_WORKERS, FALSE, NULL);
+}
+
+static void connection_free(Connection *c)
+{
+    close(c->fd);
+    g_free(c->peer);
+    g_free(c->buf);
+    g_mutex_clear(&c->send_lock);
+    g_mutex_clear(&c->pending_lock);
+    g_cond_clear(&c->pending_cond);
+    g_free(c);
+}
+
+static void *connection_main(void *arg)
+{
+    Connection *c = arg;
+    Server *s = c->server;
+    g_debug("%s: connected", c->peer);
+    if (nbd_handshake(c)) {
+        g_debug("%s: serving export '%s'%s", c->peer, c->export->name,
+                c->structured ? " with structured replies" : "");
+        nbd_transmission(c);
+    }
+    g_debug("%s: disconnected", c->peer);
+    g_mutex_lock(&s->lock);
+    g_ptr_array_remove_fast(s->conns, c);
+    stat_inc(&s->stats.connections_current, -1);
+    g_cond_broadcast(&s->conns_cond);
+    g_mutex_unlock(&s->lock);
+    connection_free(c);
+    return NULL;
+}
+
+void server_add_connection(Server *s, int fd, const char *peer)
+{
+    Connection *c = g_new0(Connection, 1);
+    c->server = s;
+    c->fd = fd;
+    c->peer = g_strdup(peer);
+    wire_reader_init(&c->rd, fd);
+    g_mutex_init(&c->send_lock);
+    g_mutex_init(&c->pending_lock);
+    g_cond_init(&c->pending_cond);
+
+    g_mutex_lock(&s->lock);
+    if (s->stopping) {
+        g_mutex_unlock(&s->lock);
+        connection_free(c);
+        return;
+    }
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, CONN_STACK_SIZE);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int err = pthread_create(&c->thread, &attr, connection_main, c);
+    pthread_attr_destroy(&attr);
+    if (err) {
+        g_mutex_unlock(&s->lock);
+        g_warning("cannot start a thread for the connection from %s: %s; dropping it "
+                  "(is the process out of memory or threads?)", peer, g_strerror(err));
+        connection_free(c);
+        return;
+    }
+    g_ptr_array_add(s->conns, c);
+    stat_inc(&s->stats.connections_current, 1);
+    stat_inc(&s->stats.connections_total, 1);
+    g_mutex_unlock(&s->lock);
+}
+
+void server_shutdown(Server *s)
+{
+    g_mutex_lock(&s->lock);
+    s->stopping = true;
+    /* Wake every reader; each thread then unregisters itself. */
+    for (guint i = 0; i < s->conns->len; i++)
+        shutdown(((Connection *)g_ptr_array_index(s->conns, i))->fd, SHUT_RDWR);
+    while (s->conns->len > 0)
+        g_cond_wait(&s->conns_cond, &s->lock);
+    g_mutex_unlock(&s->lock);
+}
+
+void server_clear(Server *s)
+{
+    if (s->blocking_pool)
+        g_thread_pool_free(s->blocking_pool, TRUE, TRUE);
+    s->blocking_pool = NULL;
+    export_set_clear(&s->exports);
+    if (s->conns)
+        g_ptr_array_unref(s->conns);
+    s->conns = NULL;
+    g_mutex_clear(&s->lock);
+    g_cond_clear(&s->conns_cond);
+}

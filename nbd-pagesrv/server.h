@@ -1,0 +1,69 @@
+/* The NBD server: its exports, its connections and its statistics. One
+ * Server per process role; everything a connection needs is reached from
+ * here, nothing from globals. */
+#ifndef SWAPCOPY_SERVER_H
+#define SWAPCOPY_SERVER_H
+
+#include <glib.h>
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "export.h"
+#include "server-stats.h"
+#include "wire.h"
+
+typedef struct Server Server;
+
+typedef struct Connection {
+    Server *server;
+    int fd;
+    char *peer;                   /* for log messages */
+    pthread_t thread;
+    WireReader rd;
+
+    /* Negotiated in the handshake. */
+    Export *export;
+    bool no_zeroes;
+    bool structured;
+    bool meta_base_allocation;
+
+    /* Replies are written by the reader thread and by worker threads
+     * (reads that wait for the source); one reply at a time. */
+    GMutex send_lock;
+    bool send_failed;
+
+    /* Requests handed to workers and not yet answered. */
+    GMutex pending_lock;
+    GCond pending_cond;
+    unsigned pending;
+
+    unsigned char *buf;           /* reader thread's payload buffer */
+    size_t buf_size;
+} Connection;
+
+struct Server {
+    ExportSet exports;
+    ServerStats stats;
+    GThreadPool *blocking_pool;   /* reads that may wait on the source */
+
+    GMutex lock;                  /* protects conns and stopping */
+    GPtrArray *conns;             /* of Connection*, live ones */
+    GCond conns_cond;
+    bool stopping;
+};
+
+void server_init(Server *s);
+/* Takes ownership of fd: serves it on a new thread. */
+void server_add_connection(Server *s, int fd, const char *peer);
+/* Disconnect every client and wait for their threads to finish. */
+void server_shutdown(Server *s);
+void server_clear(Server *s);
+
+/* handshake.c: true if the connection entered transmission. */
+bool nbd_handshake(Connection *c);
+/* transmission.c: serve requests until the client leaves or fails. */
+void nbd_transmission(Connection *c);
+/* transmission.c: the blocking_pool's job function. */
+void nbd_blocking_read_job(gpointer job, gpointer unused);
+
+#endif

@@ -1,0 +1,377 @@
+/* The transmission phase (proto.md, "Transmission"): read a request, check
+ * it (validate_request), carry it out (handle_request), answer. Requests
+ * are served in order on the connection's own thread, except reads that
+ * may wait for the migration source: those go to a worker so that later
+ * requests on the same connection are not held up behind them. */
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "nbd-proto.h"
+#include "server.h"
+
+#define MAX_EXTENTS 65536   /* per BLOCK_STATUS reply; the client asks again */
+
+typedef struct {
+    uint16_t flags;
+    uint16_t type;
+    uint64_t cookie;
+    uint64_t offset;
+    uint32_t length;
+    gint64 start_us;
+} Request;
+
+typedef struct {
+    Connection *conn;
+    Request req;
+} ReadJob;
+
+static const char *cmd_name(uint16_t type)
+{
+    static const char *const names[NBD_CMD_COUNT] = {
+        "NBD_CMD_READ", "NBD_CMD_WRITE", "NBD_CMD_DISC", "NBD_CMD_FLUSH",
+        "NBD_CMD_TRIM", "NBD_CMD_CACHE", "NBD_CMD_WRITE_ZEROES", "NBD_CMD_BLOCK_STATUS",
+    };
+    return type < NBD_CMD_COUNT ? names[type] : "unknown command";
+}
+
+/* The one place host errnos become NBD error codes. */
+static uint32_t nbd_error_of(int err)
+{
+    switch (err) {
+    case 0: return 0;
+    case EPERM: case EROFS: return NBD_EPERM;
+    case ENOMEM: return NBD_ENOMEM;
+    case EINVAL: return NBD_EINVAL;
+    case ENOSPC: case EFBIG: case EDQUOT: return NBD_ENOSPC;
+    case EOVERFLOW: return NBD_EOVERFLOW;
+    case ENOTSUP: return NBD_ENOTSUP;
+    case ESHUTDOWN: return NBD_ESHUTDOWN;
+    default: return NBD_EIO;
+    }
+}
+
+static void account(Connection *c, const Request *r, uint32_t nbd_err)
+{
+    server_stats_request(&c->server->stats, r->type, nbd_err, r->length,
+                         (uint64_t)(g_get_monotonic_time() - r->start_us));
+}
+
+static void send_iov(Connection *c, struct iovec *iov, int n)
+{
+    g_mutex_lock(&c->send_lock);
+    if (!c->send_failed && wire_writev(c->fd, iov, n) < 0) {
+        c->send_failed = true;
+        g_debug("%s: sending a reply failed: %s; the client is gone", c->peer, g_strerror(errno));
+        /* Wake the reader so the connection ends. */
+        shutdown(c->fd, SHUT_RDWR);
+    }
+    g_mutex_unlock(&c->send_lock);
+}
+
+static void send_simple(Connection *c, const Request *r, uint32_t nbd_err, const void *data,
+                        uint32_t len)
+{
+    unsigned char hdr[NBD_SIMPLE_REPLY_SIZE];
+    put_be32(hdr, NBD_SIMPLE_REPLY_MAGIC);
+    put_be32(hdr + 4, nbd_err);
+    put_be64(hdr + 8, r->cookie);
+    struct iovec iov[2] = { { hdr, sizeof hdr }, { (void *)data, len } };
+    send_iov(c, iov, data && len ? 2 : 1);
+}
+
+static void chunk_header(unsigned char *hdr, const Request *r, uint16_t flags, uint16_t type,
+                         uint32_t len)
+{
+    put_be32(hdr, NBD_STRUCTURED_REPLY_MAGIC);
+    put_be16(hdr + 4, flags);
+    put_be16(hdr + 6, type);
+    put_be64(hdr + 8, r->cookie);
+    put_be32(hdr + 16, len);
+}
+
+/* Answer r with an error (nbd_err != 0) or plain success. Reads and block
+ * status need a structured error chunk once structured replies are on. */
+static void reply_status(Connection *c, const Request *r, uint32_t nbd_err, const char *why)
+{
+    if (nbd_err && c->structured &&
+        (r->type == NBD_CMD_READ || r->type == NBD_CMD_BLOCK_STATUS)) {
+        size_t mlen = why ? MIN(strlen(why), (size_t)NBD_MAX_STRING) : 0;
+        unsigned char hdr[NBD_CHUNK_HEADER_SIZE], body[6];
+        chunk_header(hdr, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, (uint32_t)(6 + mlen));
+        put_be32(body, nbd_err);
+        put_be16(body + 4, (uint16_t)mlen);
+        struct iovec iov[3] = { { hdr, sizeof hdr }, { body, sizeof body }, { (void *)why, mlen } };
+        send_iov(c, iov, mlen ? 3 : 2);
+    } else {
+        send_simple(c, r, nbd_err, NULL, 0);
+    }
+    account(c, r, nbd_err);
+}
+
+static void reply_read_data(Connection *c, const Request *r, const void *data)
+{
+    if (c->structured) {
+        unsigned char hdr[NBD_CHUNK_HEADER_SIZE], off[8];
+        chunk_header(hdr, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, 8 + r->length);
+        put_be64(off, r->offset);
+        struct iovec iov[3] = { { hdr, sizeof hdr }, { off, sizeof off },
+                                { (void *)data, r->length } };
+        send_iov(c, iov, 3);
+    } else {
+        send_simple(c, r, 0, data, r->length);
+    }
+    account(c, r, 0);
+}
+
+static void reply_block_status(Connection *c, const Request *r, GArray *ext)
+{
+    guint n = MIN(ext->len, (guint)MAX_EXTENTS);
+    if (r->flags & NBD_CMD_FLAG_REQ_ONE)
+        n = MIN(n, 1u);
+    g_autofree unsigned char *body = g_malloc(4 + 8 * (size_t)n);
+    put_be32(body, NBD_META_ID_BASE_ALLOCATION);
+    for (guint i = 0; i < n; i++) {
+        Extent *x = &g_array_index(ext, Extent, i);
+        put_be32(body + 4 + 8 * i, x->length);
+        put_be32(body + 8 + 8 * i, x->flags);
+    }
+    unsigned char hdr[NBD_CHUNK_HEADER_SIZE];
+    chunk_header(hdr, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, 4 + 8 * n);
+    struct iovec iov[2] = { { hdr, sizeof hdr }, { body, 4 + 8 * (size_t)n } };
+    send_iov(c, iov, 2);
+    account(c, r, 0);
+}
+
+static uint16_t allowed_flags(const Connection *c, uint16_t type)
+{
+    switch (type) {
+    case NBD_CMD_READ:
+        return c->structured ? NBD_CMD_FLAG_DF : 0;
+    case NBD_CMD_WRITE:
+    case NBD_CMD_TRIM:
+        return NBD_CMD_FLAG_FUA;
+    case NBD_CMD_WRITE_ZEROES:
+        return NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
+    case NBD_CMD_BLOCK_STATUS:
+        return NBD_CMD_FLAG_REQ_ONE;
+    default:
+        return 0;
+    }
+}
+
+/* Returns 0 if r may be carried out, else the NBD error to answer with;
+ * *why says why, for the log and for structured error messages. */
+static uint32_t validate_request(const Connection *c, const Request *r, const char **why)
+{
+    const Export *e = c->export;
+    if (r->type >= NBD_CMD_COUNT) {
+        *why = "unknown command";
+        return NBD_EINVAL;
+    }
+    if (r->flags & ~allowed_flags(c, r->type)) {
+        *why = "unknown or unsupported command flags";
+        return NBD_EINVAL;
+    }
+    switch (r->type) {
+    case NBD_CMD_DISC:
+        return 0;   /* offset and length are meaningless; never answered */
+    case NBD_CMD_FLUSH:
+        if (r->offset || r->length) {
+            *why = "NBD_CMD_FLUSH must have offset and length 0";
+            return NBD_EINVAL;
+        }
+        return 0;
+    case NBD_CMD_WRITE:
+    case NBD_CMD_TRIM:
+    case NBD_CMD_WRITE_ZEROES:
+        if (e->read_only) {
+            *why = "the export is read-only";
+            return NBD_EPERM;
+        }
+        break;
+    case NBD_CMD_BLOCK_STATUS:
+        if (!c->meta_base_allocation) {
+            *why = "NBD_CMD_BLOCK_STATUS without a negotiated meta context";
+            return NBD_EINVAL;
+        }
+        break;
+    default:
+        break;
+    }
+    if (r->length == 0) {
+        *why = "length is 0";
+        return NBD_EINVAL;
+    }
+    if ((r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE) && r->length > NBD_MAX_REQUEST) {
+        *why = "length is larger than the 32 MiB maximum block size";
+        return NBD_EINVAL;
+    }
+    if (r->offset > e->size || r->length > e->size - r->offset) {
+        *why = "offset and length run past the end of the export";
+        return r->type == NBD_CMD_WRITE || r->type == NBD_CMD_WRITE_ZEROES ? NBD_ENOSPC
+                                                                           : NBD_EINVAL;
+    }
+    return 0;
+}
+
+static void log_rejected(const Connection *c, const Request *r, uint32_t err, const char *why)
+{
+    g_debug("%s: invalid request: %s: %s: offset=%" G_GUINT64_FORMAT " length=%u flags=0x%x "
+            "(answered error %u)", c->peer, cmd_name(r->type), why, r->offset, r->length,
+            r->flags, err);
+}
+
+static void do_read(Connection *c, const Request *r, unsigned char *buf)
+{
+    int err = c->export->ops->pread(c->export, buf, r->length, r->offset);
+    if (err) {
+        g_warning("%s: NBD_CMD_READ offset=%" G_GUINT64_FORMAT " length=%u failed: %s",
+                  c->peer, r->offset, r->length, g_strerror(err));
+        reply_status(c, r, nbd_error_of(err), g_strerror(err));
+    } else {
+        reply_read_data(c, r, buf);
+    }
+}
+
+void nbd_blocking_read_job(gpointer data, gpointer user_data)
+{
+    (void)user_data;
+    ReadJob *job = data;
+    Connection *c = job->conn;
+    g_autofree unsigned char *buf = g_malloc(job->req.length);
+    do_read(c, &job->req, buf);
+    g_free(job);
+    g_mutex_lock(&c->pending_lock);
+    c->pending--;
+    g_cond_broadcast(&c->pending_cond);
+    g_mutex_unlock(&c->pending_lock);
+}
+
+static void wait_pending(Connection *c)
+{
+    g_mutex_lock(&c->pending_lock);
+    while (c->pending > 0)
+        g_cond_wait(&c->pending_cond, &c->pending_lock);
+    g_mutex_unlock(&c->pending_lock);
+}
+
+static unsigned char *conn_buffer(Connection *c, size_t len)
+{
+    if (c->buf_size < len) {
+        g_free(c->buf);
+        c->buf = g_malloc(len);
+        c->buf_size = len;
+    }
+    return c->buf;
+}
+
+/* Carry out a request validate_request() accepted. */
+static void handle_request(Connection *c, const Request *r, const unsigned char *payload)
+{
+    Export *e = c->export;
+    int err = 0;
+    switch (r->type) {
+    case NBD_CMD_READ:
+        if (e->ops->read_may_block && e->ops->read_may_block(e, r->length, r->offset)) {
+            ReadJob *job = g_new(ReadJob, 1);
+            *job = (ReadJob){ c, *r };
+            g_mutex_lock(&c->pending_lock);
+            c->pending++;
+            g_mutex_unlock(&c->pending_lock);
+            g_thread_pool_push(c->server->blocking_pool, job, NULL);
+        } else {
+            do_read(c, r, conn_buffer(c, r->length));
+        }
+        return;
+    case NBD_CMD_WRITE:
+        err = e->ops->pwrite(e, payload, r->length, r->offset);
+        break;
+    case NBD_CMD_FLUSH:
+        err = e->ops->flush(e);
+        break;
+    case NBD_CMD_TRIM:
+        err = e->ops->trim(e, r->length, r->offset);
+        break;
+    case NBD_CMD_WRITE_ZEROES:
+        err = e->ops->zero(e, r->length, r->offset);
+        break;
+    case NBD_CMD_CACHE:
+        err = e->ops->cache ? e->ops->cache(e, r->length, r->offset) : 0;
+        break;
+    case NBD_CMD_BLOCK_STATUS: {
+        g_autoptr(GArray) ext = g_array_new(FALSE, FALSE, sizeof(Extent));
+        err = e->ops->block_status(e, r->length, r->offset, ext);
+        if (!err && ext->len > 0) {
+            reply_block_status(c, r, ext);
+            return;
+        }
+        if (!err)
+            err = EIO;
+        break;
+    }
+    default:
+        g_assert_not_reached();   /* validate_request() rejects the rest */
+    }
+    if (err)
+        g_warning("%s: %s offset=%" G_GUINT64_FORMAT " length=%u failed: %s", c->peer,
+                  cmd_name(r->type), r->offset, r->length, g_strerror(err));
+    reply_status(c, r, nbd_error_of(err), err ? g_strerror(err) : NULL);
+}
+
+void nbd_transmission(Connection *c)
+{
+    for (;;) {
+        unsigned char hdr[NBD_REQUEST_SIZE];
+        if (wire_read(&c->rd, hdr, sizeof hdr) < 0) {
+            if (errno && !c->send_failed)
+                g_message("%s: connection lost: %s", c->peer, g_strerror(errno));
+            break;
+        }
+        Request r = {
+            .flags = get_be16(hdr + 4),
+            .type = get_be16(hdr + 6),
+            .cookie = get_be64(hdr + 8),
+            .offset = get_be64(hdr + 16),
+            .length = get_be32(hdr + 24),
+            .start_us = g_get_monotonic_time(),
+        };
+        if (get_be32(hdr) != NBD_REQUEST_MAGIC) {
+            g_message("%s: bad request magic 0x%08x; closing the connection", c->peer,
+                      get_be32(hdr));
+            break;
+        }
+        const unsigned char *payload = NULL;
+        if (r.type == NBD_CMD_WRITE) {
+            if (r.length > NBD_MAX_REQUEST) {
+                /* Consume the payload so the next header is read in step. */
+                if (wire_skip(&c->rd, r.length) < 0)
+                    break;
+            } else {
+                unsigned char *buf = conn_buffer(c, r.length);
+                if (wire_read(&c->rd, buf, r.length) < 0) {
+                    g_message("%s: connection lost inside a %u-byte write payload", c->peer,
+                              r.length);
+                    break;
+                }
+                payload = buf;
+            }
+        }
+        const char *why = NULL;
+        uint32_t err = validate_request(c, &r, &why);
+        if (err) {
+            log_rejected(c, &r, err, why);
+            reply_status(c, &r, err, why);
+            continue;
+        }
+        if (r.type == NBD_CMD_DISC) {
+            account(c, &r, 0);
+            break;
+        }
+        handle_request(c, &r, payload);
+        if (c->send_failed)
+            break;
+    }
+    /* Workers hold c; they finish (their replies may fail) before c goes. */
+    wait_pending(c);
+}

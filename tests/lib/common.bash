@@ -1,0 +1,76 @@
+# Shared helpers for the bats suites. Load with: load lib/common
+# Every resource a test creates is registered with `defer` right after it is
+# created; `run_deferred` (called from teardown) undoes them in reverse order,
+# so cleanup happens also when the test fails halfway.
+
+: "${SWAPCOPY_BUILD:?SWAPCOPY_BUILD must point at the build directory (make check sets it)}"
+: "${SWAPCOPY_SRC:=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
+PAGESRV=$SWAPCOPY_BUILD/nbd-pagesrv
+PAGESRV_CTL=$SWAPCOPY_BUILD/pagesrv-ctl
+TESTBIN=$SWAPCOPY_BUILD/tests
+
+_DEFERRED=()
+
+# defer CMD...: run CMD at teardown (last registered runs first).
+defer() {
+    local q
+    printf -v q '%q ' "$@"
+    _DEFERRED+=("$q")
+}
+
+run_deferred() {
+    local i rc=0
+    for (( i=${#_DEFERRED[@]}-1; i>=0; i-- )); do
+        eval "${_DEFERRED[$i]}" || rc=1
+    done
+    _DEFERRED=()
+    return $rc
+}
+
+# kill_wait PID: SIGTERM, then SIGKILL after 5 s; never fails.
+kill_wait() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for (( i=0; i<50; i++ )); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+# wait_for CMD...: retry CMD for up to 10 s.
+wait_for() {
+    local i
+    for (( i=0; i<100; i++ )); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "timed out waiting for: $*" >&2
+    return 1
+}
+
+# pagesrv_start ARGS...: start nbd-pagesrv in the background with a socket
+# and a control socket in the test's temp dir; sets PAGESRV_PID, NBD_SOCK,
+# CTL_SOCK, PAGESRV_LOG. Stopped at teardown.
+pagesrv_start() {
+    NBD_SOCK=$BATS_TEST_TMPDIR/nbd.sock
+    CTL_SOCK=$BATS_TEST_TMPDIR/ctl.sock
+    PAGESRV_LOG=$BATS_TEST_TMPDIR/pagesrv.log
+    "$PAGESRV" --socket "$NBD_SOCK" --control "$CTL_SOCK" "$@" >"$PAGESRV_LOG" 2>&1 &
+    PAGESRV_PID=$!
+    defer kill_wait "$PAGESRV_PID"
+    if ! wait_for test -S "$CTL_SOCK" || ! wait_for nbdinfo --size "nbd+unix:///?socket=$NBD_SOCK"; then
+        cat "$PAGESRV_LOG" >&2
+        return 1
+    fi
+}
+
+# stat_field JSONPATH: one number from `pagesrv-ctl stats`, e.g. requests.write
+stat_field() {
+    "$PAGESRV_CTL" "$CTL_SOCK" stats | python3 -c 'import json,sys
+v=json.load(sys.stdin)
+for k in sys.argv[1].split("."): v=v[k]
+print(v)' "$1"
+}
