@@ -14,6 +14,8 @@
 
 #include "control.h"
 #include "daemon-safety.h"
+#include "dest.h"
+#include "file-export.h"
 #include "listener.h"
 #include "page-store-export.h"
 #include "server.h"
@@ -28,6 +30,10 @@ typedef struct {
     char *store_path;
     char *mem_limit_arg;
     char *control_path;
+    char **export_specs;
+    char *src;
+    double fault_timeout_s;
+    gboolean exit_when_idle;
     gboolean no_mlock;
     gboolean verbose;
     gint stats_interval;
@@ -36,6 +42,7 @@ typedef struct {
     Server server;
     GPtrArray *listeners;          /* of Listener* */
     ControlServer *control;
+    Dest *dest;
     GMainLoop *loop;
     int exit_status;
 } App;
@@ -50,6 +57,10 @@ static void app_stats_json(App *app, GString *out)
     if (first && first->ops->stats_json) {
         g_string_append(out, ",\"store\":");
         first->ops->stats_json(first, out);
+    }
+    if (app->dest) {
+        g_string_append(out, ",\"destination\":");
+        dest_status_json(app->dest, out);
     }
     g_string_append(out, ",\"exports\":[");
     for (guint i = 0; i < exports->len; i++) {
@@ -126,10 +137,43 @@ static bool add_swap_device(App *app, GError **error)
         return false;
     export_set_add(&app->server.exports,
                    page_store_export_new(app->name ? app->name : "swap", ps, size));
+    if (app->src) {
+        app->dest = dest_new(ps, app->src, app->fault_timeout_s, error);
+        if (!app->dest)
+            return false;
+    }
     g_message("swap device export '%s': %" G_GUINT64_FORMAT " MiB, RAM up to %" G_GUINT64_FORMAT
               " MiB, then spill file %s", app->name ? app->name : "swap", size >> 20,
               mem_limit >> 20, app->store_path ? app->store_path : "(temporary)");
     return true;
+}
+
+static bool add_source_exports(App *app, GError **error)
+{
+    for (char **spec = app->export_specs; spec && *spec; spec++) {
+        Export *e = file_export_new(*spec, error);
+        if (!e)
+            return false;
+        export_set_add(&app->server.exports, e);
+        g_message("source export '%s': %s, %" G_GUINT64_FORMAT " MiB, read-only", e->name,
+                  strchr(*spec, '=') + 1, e->size >> 20);
+    }
+    return true;
+}
+
+/* --exit-when-idle: a source is done once its destination, having
+ * connected, has every page and hangs up. */
+static gboolean check_idle(gpointer data)
+{
+    App *app = data;
+    ServerStats *s = &app->server.stats;
+    if (__atomic_load_n(&s->connections_total, __ATOMIC_RELAXED) > 0 &&
+        __atomic_load_n(&s->connections_current, __ATOMIC_RELAXED) == 0) {
+        g_message("every client has disconnected: exiting (--exit-when-idle)");
+        g_main_loop_quit(app->loop);
+        return G_SOURCE_REMOVE;
+    }
+    return G_SOURCE_CONTINUE;
 }
 
 static bool start_listening(App *app, GError **error)
@@ -154,6 +198,8 @@ static bool start_listening(App *app, GError **error)
             return false;
         control_register(app->control, "stats", "stats: counters, latency and store as JSON",
                          cmd_stats, app);
+        if (app->dest)
+            dest_register_commands(app->dest, app->control);
         g_message("control socket %s", app->control_path);
     }
     return true;
@@ -174,6 +220,14 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
           "Spill file for pages beyond --mem-limit (default: unlinked file in $TMPDIR)", "FILE" },
         { "mem-limit", 0, 0, G_OPTION_ARG_STRING, &app->mem_limit_arg,
           "RAM the page store may use before spilling (default: 256M)", "SIZE" },
+        { "export", 0, 0, G_OPTION_ARG_STRING_ARRAY, &app->export_specs,
+          "Source role: serve FILE read-only as export NAME (repeatable)", "NAME=FILE" },
+        { "src", 0, 0, G_OPTION_ARG_STRING, &app->src,
+          "Destination role: pull mapped pages from the source at HOST:PORT", "HOST:PORT" },
+        { "fault-timeout", 0, 0, G_OPTION_ARG_DOUBLE, &app->fault_timeout_s,
+          "Seconds a read waits for a missing page before EIO (default: 60)", "SECS" },
+        { "exit-when-idle", 0, 0, G_OPTION_ARG_NONE, &app->exit_when_idle,
+          "Exit once clients have come and all gone (a source whose destination is done)", NULL },
         { "control", 0, 0, G_OPTION_ARG_FILENAME, &app->control_path,
           "Control socket (statistics, mappings; see docs/control-protocol.md)", "PATH" },
         { "stats-interval", 0, 0, G_OPTION_ARG_INT, &app->stats_interval,
@@ -195,11 +249,30 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
                     "unexpected argument '%s' (see --help)", (*argv)[1]);
         return false;
     }
-    if (!app->size_arg) {
+    if (!app->size_arg && !app->export_specs) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
-                    "nothing to serve: give --size SIZE for a swap device (see --help)");
+                    "nothing to serve: give --size SIZE for a swap device, or --export "
+                    "NAME=FILE on a migration source (see --help)");
         return false;
     }
+    if (app->size_arg && app->export_specs) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                    "--size (destination swap device) and --export (source) are different "
+                    "roles: run one nbd-pagesrv for each");
+        return false;
+    }
+    if (app->src && !app->size_arg) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                    "--src needs --size: the swap device whose slots are pulled from the source");
+        return false;
+    }
+    if (app->fault_timeout_s < 0) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "--fault-timeout must be positive");
+        return false;
+    }
+    if (app->fault_timeout_s == 0)
+        app->fault_timeout_s = 60;
     if (!app->sockets && !app->listens) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
                     "no address to serve on: give --socket PATH and/or --listen HOST:PORT");
@@ -212,8 +285,13 @@ static void app_free(App *app)
 {
     if (app->listeners)
         g_ptr_array_unref(app->listeners);
-    control_server_free(app->control);
+    /* Stop pulling first: readers waiting for the source are answered
+     * (ESHUTDOWN) so their connections can end; the store outlives both. */
+    dest_stop(app->dest);
     server_shutdown(&app->server);
+    dest_free(app->dest);
+    app->dest = NULL;
+    control_server_free(app->control);
     for (char **p = app->sockets; p && *p; p++)
         unlink(*p);
     server_clear(&app->server);
@@ -226,6 +304,8 @@ static void app_free(App *app)
     g_free(app->store_path);
     g_free(app->mem_limit_arg);
     g_free(app->control_path);
+    g_strfreev(app->export_specs);
+    g_free(app->src);
 }
 
 int main(int argc, char **argv)
@@ -242,7 +322,7 @@ int main(int argc, char **argv)
         goto fail;
     if (app.verbose)
         g_log_set_debug_enabled(TRUE);
-    if (!add_swap_device(&app, &error))
+    if (app.size_arg ? !add_swap_device(&app, &error) : !add_source_exports(&app, &error))
         goto fail;
     daemon_make_swap_safe(!app.no_mlock);
     if (!start_listening(&app, &error))
@@ -252,6 +332,8 @@ int main(int argc, char **argv)
     g_unix_signal_add(SIGINT, on_quit_signal, &app);
     g_unix_signal_add(SIGTERM, on_quit_signal, &app);
     g_unix_signal_add(SIGUSR1, on_usr1, &app);
+    if (app.exit_when_idle)
+        g_timeout_add(200, check_idle, &app);
     if (app.stats_interval > 0)
         g_timeout_add_seconds((guint)app.stats_interval, on_stats_timer, &app);
     g_main_loop_run(app.loop);

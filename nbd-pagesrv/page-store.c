@@ -45,10 +45,15 @@ struct PageStore {
     char *spill_path;
 
     PageFetchFn fetch;
+    PagePrefetchFn prefetch;
+    unsigned cluster;
     void *fetch_opaque;
 
     uint64_t n_ram, n_file, n_remote;   /* atomics */
 };
+
+static void remote_ref(uint64_t e, unsigned *export_id, uint64_t *page);
+static void prefetch_window(PageStore *ps, uint64_t first, uint64_t last);
 
 static GMutex *lock_for(PageStore *ps, uint64_t slot)
 {
@@ -288,8 +293,9 @@ static int slot_load(PageStore *ps, uint64_t s, unsigned in, unsigned len, unsig
 static int resolve_remote(PageStore *ps, uint64_t s, GMutex *lock)
 {
     uint64_t e = ps->slot[s];
-    unsigned export_id = (unsigned)(payload_of(e) >> REMOTE_EXPORT_SHIFT);
-    uint64_t page = payload_of(e) & REMOTE_PAGE_MASK;
+    unsigned export_id;
+    uint64_t page;
+    remote_ref(e, &export_id, &page);
     if (!ps->fetch) {
         g_warning("page store: slot %" G_GUINT64_FORMAT " is mapped to the source but no "
                   "source is connected", s);
@@ -309,6 +315,8 @@ static int resolve_remote(PageStore *ps, uint64_t s, GMutex *lock)
 int page_store_read(PageStore *ps, void *buf, uint32_t len, uint64_t off)
 {
     unsigned char *out = buf;
+    if (len)
+        prefetch_window(ps, off >> PAGE_SHIFT_BITS, (off + len - 1) >> PAGE_SHIFT_BITS);
     while (len > 0) {
         uint64_t s = off >> PAGE_SHIFT_BITS;
         unsigned in = (unsigned)(off & (PAGE_SIZE_BYTES - 1));
@@ -413,10 +421,41 @@ void page_store_counts(PageStore *ps, PageStoreCounts *out)
     out->remote_pages = __atomic_load_n(&ps->n_remote, __ATOMIC_RELAXED);
 }
 
-void page_store_set_fetcher(PageStore *ps, PageFetchFn fn, void *opaque)
+void page_store_set_fetcher(PageStore *ps, PageFetchFn fetch, PagePrefetchFn prefetch,
+                            unsigned cluster, void *opaque)
 {
-    ps->fetch = fn;
+    ps->fetch = fetch;
+    ps->prefetch = prefetch;
+    ps->cluster = cluster ? cluster : 1;
     ps->fetch_opaque = opaque;
+}
+
+static void remote_ref(uint64_t e, unsigned *export_id, uint64_t *page)
+{
+    *export_id = (unsigned)(payload_of(e) >> REMOTE_EXPORT_SHIFT);
+    *page = payload_of(e) & REMOTE_PAGE_MASK;
+}
+
+/* A read about to fault: ask for every remote slot of it, and of the
+ * readahead window around it, before waiting for the first one. */
+static void prefetch_window(PageStore *ps, uint64_t first, uint64_t last)
+{
+    bool faults = false;
+    for (uint64_t s = first; s <= last && !faults; s++)
+        faults = kind_of(__atomic_load_n(&ps->slot[s], __ATOMIC_RELAXED)) == SLOT_REMOTE;
+    if (!faults || !ps->prefetch)
+        return;
+    uint64_t lo = first - first % ps->cluster;
+    uint64_t hi = MIN(ps->nslots - 1, last - last % ps->cluster + ps->cluster - 1);
+    for (uint64_t s = lo; s <= hi; s++) {
+        uint64_t e = __atomic_load_n(&ps->slot[s], __ATOMIC_RELAXED);
+        if (kind_of(e) != SLOT_REMOTE)
+            continue;
+        unsigned export_id;
+        uint64_t page;
+        remote_ref(e, &export_id, &page);
+        ps->prefetch(ps->fetch_opaque, export_id, page);
+    }
 }
 
 bool page_store_map_remote(PageStore *ps, uint64_t slot, unsigned export_id, uint64_t page)

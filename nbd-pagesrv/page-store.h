@@ -28,6 +28,8 @@ typedef struct PageStore PageStore;
 /* Fetches remote page `page` of source export `export_id` into dst (4 KiB).
  * Called without any store lock held; may block. Returns 0 or an errno. */
 typedef int (*PageFetchFn)(void *opaque, unsigned export_id, uint64_t page, void *dst);
+/* Asks for a remote page that will probably be read soon; never blocks. */
+typedef void (*PagePrefetchFn)(void *opaque, unsigned export_id, uint64_t page);
 
 typedef struct {
     uint64_t slots;
@@ -51,7 +53,11 @@ void page_store_extents(PageStore *ps, uint32_t len, uint64_t off, GArray *exten
 void page_store_counts(PageStore *ps, PageStoreCounts *out);
 
 /* For the migration destination. */
-void page_store_set_fetcher(PageStore *ps, PageFetchFn fn, void *opaque);
+/* When a read finds a remote slot, the remote slots of the aligned
+ * `cluster`-slot window around the read are prefetched first: the kernel's
+ * swap readahead is about to ask for them. */
+void page_store_set_fetcher(PageStore *ps, PageFetchFn fetch, PagePrefetchFn prefetch,
+                            unsigned cluster, void *opaque);
 /* Map slot -> remote page, discarding what the slot held (the marker page
  * written while the region was armed). A later write to the slot makes it
  * local again. Returns false if slot is out of range. */

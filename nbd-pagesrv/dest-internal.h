@@ -1,0 +1,88 @@
+/* State shared by dest.c (the destination role: mapping, demand faults,
+ * control commands) and puller.c (the threads that talk to the source).
+ * Everything lives in one Dest; nothing is global. */
+#ifndef SWAPCOPY_DEST_INTERNAL_H
+#define SWAPCOPY_DEST_INTERNAL_H
+
+#include <glib.h>
+#include <libnbd.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "dest.h"
+#include "latency-hist.h"
+#include "page-store.h"
+
+typedef struct Dest Dest;
+typedef struct Puller Puller;
+
+/* One page wanted now by a faulting reader (or its readahead neighbours).
+ * Lives in Dest.demand while not done. References: one for the puller's
+ * demand thread until it has finished with it, one per waiting reader. */
+typedef struct {
+    Puller *puller;
+    uint64_t page;
+    gint64 queued_us;
+    bool done;
+    int err;
+    unsigned refs;
+    unsigned char data[PAGE_SIZE_BYTES];
+} DemandEntry;
+
+/* Everything about one source export (a RAM block): its reverse map and
+ * the two connections that pull it. */
+struct Puller {
+    Dest *dest;
+    unsigned id;                   /* index in Dest.pullers, stored in REMOTE slots */
+    char *name;
+    uint64_t size, pages;
+    uint64_t *rev;                 /* page -> slot + 1, 0 if unmapped (mmap'd) */
+    uint64_t mapped;               /* pages with a slot */
+
+    GQueue demand_queue;           /* DemandEntry*, not yet sent; under Dest.lock */
+    int demand_wake, stream_wake;  /* eventfds */
+    GThread *demand_thread, *stream_thread;
+    bool stop;                     /* atomic: threads leave at the next poll */
+    bool demand_connected, stream_connected;   /* atomic, for status */
+};
+
+struct Dest {
+    PageStore *ps;
+    char *host, *port;
+    GHashTable *source_sizes;      /* export name -> uint64_t* size */
+    GPtrArray *pullers;            /* of Puller*, index = export id */
+
+    GMutex lock;                   /* demand table and queues */
+    GCond cond;                    /* a demand entry finished */
+    GHashTable *demand;            /* (id << 48 | page) -> DemandEntry* */
+    bool stopping;                 /* under lock: no new demand entries */
+
+    /* Policy (atomics; set from the control socket). */
+    bool background;
+    uint64_t bandwidth_bps;        /* 0: unlimited */
+    int64_t fault_timeout_us;
+
+    /* Progress and statistics (atomics). */
+    uint64_t mapped_total;
+    uint64_t demand_pages, demand_failures, stream_pages, zero_pages;
+    uint64_t bytes_fetched;
+    uint64_t reconnects;
+    LatencyHist fetch_latency;     /* demand fetch: queued -> data here */
+    gint64 first_map_us, complete_us;
+
+    GList *waiters;                /* ControlClient* waiting for all-local */
+    guint timer;
+};
+
+/* puller.c */
+Puller *puller_new(Dest *d, unsigned id, const char *name, uint64_t size, GError **error);
+void puller_start(Puller *p);
+void puller_stop(Puller *p);       /* joins both threads */
+void puller_free(Puller *p);
+
+static inline uint64_t demand_key(unsigned id, uint64_t page)
+{
+    return (uint64_t)id << 48 | page;
+}
+
+#endif

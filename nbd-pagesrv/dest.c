@@ -1,0 +1,378 @@
+/* The destination role: the slot <-> source page mapping, the demand-fault
+ * path the page store calls into, completion, and the control commands
+ * that drive them (docs/control-protocol.md). */
+#include "dest.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "dest-internal.h"
+#include "source-conn.h"
+
+#define COMPLETION_CHECK_MS 100
+#define READAHEAD_CLUSTER 8            /* the kernel's vm.page-cluster = 3 */
+
+/* ---- the fault path ---------------------------------------------------- */
+
+/* Queue page of puller p for the demand thread unless it is already on its
+ * way. Caller holds d->lock. Returns the entry (a reference is added when
+ * want_ref is set). */
+static DemandEntry *demand_get(Dest *d, Puller *p, uint64_t page, bool want_ref)
+{
+    uint64_t key = demand_key(p->id, page);
+    DemandEntry *e = g_hash_table_lookup(d->demand, &key);
+    if (!e) {
+        e = g_new0(DemandEntry, 1);
+        e->puller = p;
+        e->page = page;
+        e->queued_us = g_get_monotonic_time();
+        e->refs = 1;                           /* the demand thread's */
+        uint64_t *k = g_new(uint64_t, 1);
+        *k = key;
+        g_hash_table_insert(d->demand, k, e);
+        g_queue_push_tail(&p->demand_queue, e);
+        wake_fd_signal(p->demand_wake);
+    }
+    if (want_ref)
+        e->refs++;
+    return e;
+}
+
+/* PageFetchFn: a reader needs this page now. Waits at most the fault
+ * timeout; then EIO, which the kernel turns into SIGBUS for the faulting
+ * process: better than a wrong page. */
+static int dest_fetch(void *opaque, unsigned export_id, uint64_t page, void *dst)
+{
+    Dest *d = opaque;
+    if (export_id >= d->pullers->len)
+        return EIO;
+    Puller *p = g_ptr_array_index(d->pullers, export_id);
+    gint64 deadline = g_get_monotonic_time() + __atomic_load_n(&d->fault_timeout_us, __ATOMIC_RELAXED);
+    g_mutex_lock(&d->lock);
+    if (d->stopping) {
+        g_mutex_unlock(&d->lock);
+        return ESHUTDOWN;
+    }
+    DemandEntry *e = demand_get(d, p, page, true);
+    while (!e->done && g_cond_wait_until(&d->cond, &d->lock, deadline))
+        ;
+    int err = e->done ? e->err : ETIMEDOUT;
+    if (e->done && !err)
+        memcpy(dst, e->data, PAGE_SIZE_BYTES);
+    bool last = --e->refs == 0;
+    g_mutex_unlock(&d->lock);
+    if (last)
+        g_free(e);
+    if (err == ETIMEDOUT) {
+        g_critical("page %" G_GUINT64_FORMAT " of export '%s' did not arrive from the source "
+                   "%s:%s within the fault timeout: answering EIO (the faulting process gets "
+                   "SIGBUS); check the source and the link", page, p->name, d->host, d->port);
+        return EIO;
+    }
+    return err;
+}
+
+/* PagePrefetchFn: the kernel will soon read these slots (its swap
+ * readahead); ask for them now, without waiting. */
+static void dest_prefetch(void *opaque, unsigned export_id, uint64_t page)
+{
+    Dest *d = opaque;
+    if (export_id >= d->pullers->len)
+        return;
+    g_mutex_lock(&d->lock);
+    if (!d->stopping)
+        demand_get(d, g_ptr_array_index(d->pullers, export_id), page, false);
+    g_mutex_unlock(&d->lock);
+}
+
+/* ---- mapping ------------------------------------------------------------ */
+
+static Puller *puller_for(Dest *d, const char *name, GError **error)
+{
+    for (guint i = 0; i < d->pullers->len; i++) {
+        Puller *p = g_ptr_array_index(d->pullers, i);
+        if (strcmp(p->name, name) == 0)
+            return p;
+    }
+    uint64_t *size = g_hash_table_lookup(d->source_sizes, name);
+    if (!size) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "the source %s:%s has no export named '%s'", d->host, d->port, name);
+        return NULL;
+    }
+    Puller *p = puller_new(d, d->pullers->len, name, *size, error);
+    if (p)
+        g_ptr_array_add(d->pullers, p);
+    return p;
+}
+
+static bool dest_map(Dest *d, uint64_t slot, const char *name, uint64_t page, uint64_t count,
+                     GError **error)
+{
+    if (d->stopping) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED, "shutting down");
+        return false;
+    }
+    Puller *p = puller_for(d, name, error);
+    if (!p)
+        return false;
+    PageStoreCounts c;
+    page_store_counts(d->ps, &c);
+    if (count == 0 || slot > c.slots || count > c.slots - slot) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "slots %" G_GUINT64_FORMAT "+%" G_GUINT64_FORMAT " are outside the device's "
+                    "%" G_GUINT64_FORMAT " slots", slot, count, c.slots);
+        return false;
+    }
+    if (page > p->pages || count > p->pages - page) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "pages %" G_GUINT64_FORMAT "+%" G_GUINT64_FORMAT " are outside export '%s' "
+                    "(%" G_GUINT64_FORMAT " pages)", page, count, name, p->pages);
+        return false;
+    }
+    for (uint64_t i = 0; i < count; i++) {
+        if (!p->rev[page + i])
+            p->mapped++;
+        __atomic_store_n(&p->rev[page + i], slot + i + 1, __ATOMIC_RELEASE);
+        page_store_map_remote(d->ps, slot + i, p->id, page + i);
+    }
+    __atomic_add_fetch(&d->mapped_total, count, __ATOMIC_RELAXED);
+    if (!d->first_map_us)
+        d->first_map_us = g_get_monotonic_time();
+    d->complete_us = 0;
+    puller_start(p);
+    return true;
+}
+
+/* ---- completion --------------------------------------------------------- */
+
+static bool all_local(Dest *d)
+{
+    PageStoreCounts c;
+    page_store_counts(d->ps, &c);
+    return __atomic_load_n(&d->mapped_total, __ATOMIC_RELAXED) > 0 && c.remote_pages == 0;
+}
+
+static gboolean check_completion(gpointer data)
+{
+    Dest *d = data;
+    if (d->complete_us || !all_local(d))
+        return G_SOURCE_CONTINUE;
+    d->complete_us = g_get_monotonic_time();
+    for (guint i = 0; i < d->pullers->len; i++)
+        puller_stop(g_ptr_array_index(d->pullers, i));
+    g_message("all %" G_GUINT64_FORMAT " mapped pages are local after %.3f s (%" G_GUINT64_FORMAT
+              " on demand, %" G_GUINT64_FORMAT " streamed, %" G_GUINT64_FORMAT " zero); the "
+              "source is no longer needed", d->mapped_total,
+              (double)(d->complete_us - d->first_map_us) / 1e6, d->demand_pages, d->stream_pages,
+              d->zero_pages);
+    g_autoptr(GString) st = g_string_new(NULL);
+    dest_status_json(d, st);
+    for (GList *l = d->waiters; l; l = l->next) {
+        control_reply(l->data, st->str);
+        control_client_unref(l->data);
+    }
+    g_list_free(d->waiters);
+    d->waiters = NULL;
+    return G_SOURCE_CONTINUE;
+}
+
+/* ---- status ------------------------------------------------------------- */
+
+static const char *state_name(Dest *d)
+{
+    if (__atomic_load_n(&d->mapped_total, __ATOMIC_RELAXED) == 0)
+        return "idle";
+    if (d->complete_us)
+        return "complete";
+    for (guint i = 0; i < d->pullers->len; i++) {
+        Puller *p = g_ptr_array_index(d->pullers, i);
+        if (!__atomic_load_n(&p->demand_connected, __ATOMIC_RELAXED))
+            return "source-lost";
+    }
+    return __atomic_load_n(&d->background, __ATOMIC_RELAXED) ? "streaming" : "demand-only";
+}
+
+void dest_status_json(Dest *d, GString *out)
+{
+    PageStoreCounts c;
+    page_store_counts(d->ps, &c);
+    uint64_t total = __atomic_load_n(&d->mapped_total, __ATOMIC_RELAXED);
+    uint64_t remote = c.remote_pages, local = total > remote ? total - remote : 0;
+    gint64 now = g_get_monotonic_time();
+    gint64 end = d->complete_us ? d->complete_us : now;
+    double secs = d->first_map_us ? (double)(end - d->first_map_us) / 1e6 : 0;
+    uint64_t bytes = __atomic_load_n(&d->bytes_fetched, __ATOMIC_RELAXED);
+    double rate = secs > 0 ? (double)bytes / secs : 0;
+    double eta = local && remote && secs > 0 ? secs * (double)remote / (double)local : 0;
+    g_string_append_printf(out,
+        "{\"state\":\"%s\",\"source\":\"%s:%s\",\"pages\":{\"total\":%" G_GUINT64_FORMAT
+        ",\"local\":%" G_GUINT64_FORMAT ",\"remote\":%" G_GUINT64_FORMAT
+        ",\"demand\":%" G_GUINT64_FORMAT ",\"streamed\":%" G_GUINT64_FORMAT
+        ",\"zero\":%" G_GUINT64_FORMAT ",\"demand_failed\":%" G_GUINT64_FORMAT
+        "},\"bytes_fetched\":%" G_GUINT64_FORMAT ",\"elapsed_s\":%.3f,\"rate_mib_s\":%.1f"
+        ",\"eta_s\":%.1f,\"reconnects\":%" G_GUINT64_FORMAT ",\"policy\":{\"background\":%s"
+        ",\"bandwidth_mib_s\":%.1f,\"fault_timeout_s\":%.1f},\"fetch_latency_us\":",
+        state_name(d), d->host, d->port, total, local, remote, d->demand_pages,
+        d->stream_pages, d->zero_pages, d->demand_failures, bytes, secs,
+        rate / 1048576.0, eta, d->reconnects, d->background ? "true" : "false",
+        (double)d->bandwidth_bps / 1048576.0, (double)d->fault_timeout_us / 1e6);
+    latency_hist_to_json(&d->fetch_latency, out);
+    g_string_append_c(out, '}');
+}
+
+/* ---- control commands ---------------------------------------------------- */
+
+static bool parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    if (!s || !g_ascii_isdigit(*s))
+        return false;
+    errno = 0;
+    *out = g_ascii_strtoull(s, &end, 10);
+    return errno == 0 && *end == 0;
+}
+
+static void cmd_map(ControlClient *cl, int argc, char **argv, gpointer data)
+{
+    Dest *d = data;
+    uint64_t slot, page, count;
+    if (argc != 5 || !parse_u64(argv[1], &slot) || !parse_u64(argv[3], &page) ||
+        !parse_u64(argv[4], &count)) {
+        control_reply_error(cl, "usage: map SLOT EXPORT PAGE COUNT");
+        return;
+    }
+    g_autoptr(GError) error = NULL;
+    if (!dest_map(d, slot, argv[2], page, count, &error)) {
+        control_reply_error(cl, "map refused: %s", error->message);
+        return;
+    }
+    g_autofree char *json = g_strdup_printf("{\"mapped\":%" G_GUINT64_FORMAT "}", count);
+    control_reply(cl, json);
+}
+
+static void cmd_status(ControlClient *cl, int argc, char **argv, gpointer data)
+{
+    (void)argc;
+    (void)argv;
+    g_autoptr(GString) out = g_string_new(NULL);
+    dest_status_json(data, out);
+    control_reply(cl, out->str);
+}
+
+static void cmd_wait_all_local(ControlClient *cl, int argc, char **argv, gpointer data)
+{
+    (void)argc;
+    (void)argv;
+    Dest *d = data;
+    if (__atomic_load_n(&d->mapped_total, __ATOMIC_RELAXED) == 0) {
+        control_reply_error(cl, "nothing is mapped yet: send 'map' first");
+        return;
+    }
+    if (d->complete_us) {
+        cmd_status(cl, 0, NULL, d);
+        return;
+    }
+    d->waiters = g_list_prepend(d->waiters, control_client_ref(cl));
+}
+
+static void cmd_policy(ControlClient *cl, int argc, char **argv, gpointer data)
+{
+    Dest *d = data;
+    double v;
+    char *end = NULL;
+    if (argc == 3 && strcmp(argv[1], "background") == 0 &&
+        (strcmp(argv[2], "on") == 0 || strcmp(argv[2], "off") == 0)) {
+        __atomic_store_n(&d->background, strcmp(argv[2], "on") == 0, __ATOMIC_RELAXED);
+        for (guint i = 0; i < d->pullers->len; i++)
+            wake_fd_signal(((Puller *)g_ptr_array_index(d->pullers, i))->stream_wake);
+    } else if (argc == 3 && strcmp(argv[1], "bandwidth") == 0 &&
+               (v = g_ascii_strtod(argv[2], &end)) >= 0 && end && *end == 0) {
+        __atomic_store_n(&d->bandwidth_bps, (uint64_t)(v * 1048576.0), __ATOMIC_RELAXED);
+    } else if (argc == 3 && strcmp(argv[1], "fault-timeout") == 0 &&
+               (v = g_ascii_strtod(argv[2], &end)) > 0 && end && *end == 0) {
+        __atomic_store_n(&d->fault_timeout_us, (int64_t)(v * 1e6), __ATOMIC_RELAXED);
+    } else {
+        control_reply_error(cl, "usage: policy background on|off | policy bandwidth MIB_PER_S "
+                                "(0 = unlimited) | policy fault-timeout SECONDS");
+        return;
+    }
+    cmd_status(cl, 0, NULL, d);
+}
+
+void dest_register_commands(Dest *d, ControlServer *cs)
+{
+    control_register(cs, "map", "map SLOT EXPORT PAGE COUNT: slots SLOT.. hold pages PAGE.. of "
+                     "the source's export EXPORT", cmd_map, d);
+    control_register(cs, "status", "status: migration progress as JSON", cmd_status, d);
+    control_register(cs, "wait-all-local", "wait-all-local: answer (with the status) once every "
+                     "mapped page is local", cmd_wait_all_local, d);
+    control_register(cs, "policy", "policy background on|off | bandwidth MIB_PER_S | "
+                     "fault-timeout SECONDS", cmd_policy, d);
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+static void entry_free_key(gpointer k) { g_free(k); }
+
+Dest *dest_new(PageStore *ps, const char *src, double fault_timeout_s, GError **error)
+{
+    Dest *d = g_new0(Dest, 1);
+    d->ps = ps;
+    d->pullers = g_ptr_array_new_with_free_func((GDestroyNotify)puller_free);
+    g_mutex_init(&d->lock);
+    g_cond_init(&d->cond);
+    d->demand = g_hash_table_new_full(g_int64_hash, g_int64_equal, entry_free_key, NULL);
+    d->background = true;
+    d->fault_timeout_us = (int64_t)(fault_timeout_s * 1e6);
+    if (!source_split_address(src, &d->host, &d->port, error) ||
+        !(d->source_sizes = source_list_exports(d->host, d->port, error))) {
+        dest_free(d);
+        return NULL;
+    }
+    GHashTableIter it;
+    gpointer k, v;
+    g_hash_table_iter_init(&it, d->source_sizes);
+    while (g_hash_table_iter_next(&it, &k, &v))
+        g_message("source %s:%s offers export '%s' (%" G_GUINT64_FORMAT " MiB)", d->host,
+                  d->port, (char *)k, *(uint64_t *)v >> 20);
+    page_store_set_fetcher(ps, dest_fetch, dest_prefetch, READAHEAD_CLUSTER, d);
+    d->timer = g_timeout_add(COMPLETION_CHECK_MS, check_completion, d);
+    return d;
+}
+
+void dest_stop(Dest *d)
+{
+    if (!d)
+        return;
+    g_mutex_lock(&d->lock);
+    d->stopping = true;
+    g_mutex_unlock(&d->lock);
+    for (guint i = 0; i < d->pullers->len; i++)
+        puller_stop(g_ptr_array_index(d->pullers, i));
+}
+
+void dest_free(Dest *d)
+{
+    if (!d)
+        return;
+    dest_stop(d);
+    if (d->timer)
+        g_source_remove(d->timer);
+    if (d->ps)
+        page_store_set_fetcher(d->ps, NULL, NULL, 0, NULL);
+    g_ptr_array_unref(d->pullers);     /* stops and joins every thread */
+    for (GList *l = d->waiters; l; l = l->next) {
+        control_reply_error(l->data, "nbd-pagesrv is shutting down");
+        control_client_unref(l->data);
+    }
+    g_list_free(d->waiters);
+    g_hash_table_unref(d->demand);
+    if (d->source_sizes)
+        g_hash_table_unref(d->source_sizes);
+    g_mutex_clear(&d->lock);
+    g_cond_clear(&d->cond);
+    g_free(d->host);
+    g_free(d->port);
+    g_free(d);
+}

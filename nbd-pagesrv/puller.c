@@ -1,0 +1,537 @@
+/* The two threads that pull one source export:
+ *   demand: pages a reader is waiting for, on a connection of their own so
+ *           a fault never queues behind background traffic;
+ *   stream: every other mapped page, in export order, many requests in
+ *           flight, skipping ranges the source reports as zero.
+ * Both reconnect with backoff when the source goes away; nothing they
+ * receive is installed unless the slot still maps to that very page. */
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "dest-internal.h"
+#include "source-conn.h"
+
+#define DEMAND_DEPTH 64
+#define STREAM_CHUNK_PAGES 64          /* 256 KiB per background request */
+#define STREAM_DEPTH 16
+#define STREAM_DEPTH_UNDER_FAULTS 2    /* leave the link to the faults */
+#define STATUS_WINDOW (64u << 20)      /* block status asked 64 MiB at a time */
+#define BACKOFF_MIN_US (100 * 1000)
+#define BACKOFF_MAX_US (5 * 1000 * 1000)
+
+static bool stopping(Puller *p) { return __atomic_load_n(&p->stop, __ATOMIC_ACQUIRE); }
+
+/* Sleep up to us, in steps short enough to notice `stop`, waking early
+ * when the eventfd is signalled. */
+static void nap(Puller *p, int wake_fd, gint64 us)
+{
+    gint64 until = g_get_monotonic_time() + us;
+    while (!stopping(p)) {
+        gint64 left = until - g_get_monotonic_time();
+        if (left <= 0)
+            return;
+        struct pollfd pfd = { .fd = wake_fd, .events = POLLIN };
+        int ms = (int)MAX(1, MIN(left / 1000, 200));
+        if (poll(&pfd, 1, ms) > 0) {
+            wake_fd_drain(wake_fd);
+            return;
+        }
+    }
+}
+
+/* (Re)connect, backing off while the source is away. NULL if stopping. */
+static struct nbd_handle *connect_retry(Puller *p, const char *role, bool *connected_flag,
+                                        int wake_fd)
+{
+    Dest *d = p->dest;
+    gint64 backoff = BACKOFF_MIN_US;
+    bool first = true;
+    while (!stopping(p)) {
+        g_autoptr(GError) err = NULL;
+        struct nbd_handle *h = source_connect(d->host, d->port, p->name, &err);
+        if (h) {
+            if (!first)
+                g_message("%s connection for export '%s' re-established", role, p->name);
+            __atomic_store_n(connected_flag, true, __ATOMIC_RELEASE);
+            return h;
+        }
+        if (first)
+            g_warning("%s connection for export '%s': %s; retrying with backoff", role,
+                      p->name, err->message);
+        first = false;
+        __atomic_add_fetch(&d->reconnects, 1, __ATOMIC_RELAXED);
+        nap(p, wake_fd, backoff);
+        backoff = MIN(backoff * 2, BACKOFF_MAX_US);
+    }
+    return NULL;
+}
+
+static void lost(Puller *p, struct nbd_handle **h, const char *role, bool *connected_flag)
+{
+    if (!stopping(p))
+        g_warning("%s connection for export '%s' to the source %s:%s lost: %s; pages already "
+                  "here are still served, missing ones wait for the reconnection",
+                  role, p->name, p->dest->host, p->dest->port, nbd_get_error());
+    __atomic_store_n(connected_flag, false, __ATOMIC_RELEASE);
+    nbd_close(*h);
+    *h = NULL;
+}
+
+/* ---- demand ---------------------------------------------------------- */
+
+typedef struct {
+    DemandEntry *e;
+    int err;
+    bool completed;
+} DemandOp;
+
+static int demand_done(void *user_data, int *error)
+{
+    DemandOp *op = user_data;
+    op->completed = true;
+    op->err = *error;
+    return 1;
+}
+
+/* Install the page, wake the readers, drop the thread's reference. */
+static void demand_finish(Puller *p, DemandEntry *e, int err)
+{
+    Dest *d = p->dest;
+    if (!err) {
+        uint64_t slot = p->rev[e->page];
+        if (slot)
+            page_store_fill_remote(d->ps, slot - 1, p->id, e->page, e->data);
+        __atomic_add_fetch(&d->demand_pages, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&d->bytes_fetched, PAGE_SIZE_BYTES, __ATOMIC_RELAXED);
+        latency_hist_add(&d->fetch_latency, (uint64_t)(g_get_monotonic_time() - e->queued_us));
+    } else {
+        __atomic_add_fetch(&d->demand_failures, 1, __ATOMIC_RELAXED);
+        g_warning("the source answered error '%s' for page %" G_GUINT64_FORMAT " of export "
+                  "'%s': the faulting reader gets EIO", g_strerror(err), e->page, p->name);
+    }
+    g_mutex_lock(&d->lock);
+    e->done = true;
+    e->err = err;
+    g_hash_table_remove(d->demand, &(uint64_t){ demand_key(p->id, e->page) });
+    g_cond_broadcast(&d->cond);
+    bool last = --e->refs == 0;
+    g_mutex_unlock(&d->lock);
+    if (last)
+        g_free(e);
+}
+
+static gpointer demand_main(gpointer data)
+{
+    Puller *p = data;
+    Dest *d = p->dest;
+    struct nbd_handle *h = NULL;
+    g_autoptr(GPtrArray) ops = g_ptr_array_new();   /* DemandOp*, sent on h */
+
+    while (!stopping(p)) {
+        if (!h && !(h = connect_retry(p, "demand", &p->demand_connected, p->demand_wake)))
+            break;
+        GPtrArray *send = g_ptr_array_new();
+        g_mutex_lock(&d->lock);
+        while (ops->len + send->len < DEMAND_DEPTH && !g_queue_is_empty(&p->demand_queue))
+            g_ptr_array_add(send, g_queue_pop_head(&p->demand_queue));
+        g_mutex_unlock(&d->lock);
+        bool broken = false;
+        for (guint i = 0; i < send->len; i++) {
+            DemandOp *op = g_new0(DemandOp, 1);
+            op->e = g_ptr_array_index(send, i);
+            g_ptr_array_add(ops, op);
+            if (!broken && nbd_aio_pread(h, op->e->data, PAGE_SIZE_BYTES,
+                                         op->e->page * PAGE_SIZE_BYTES,
+                                         (nbd_completion_callback){ .callback = demand_done,
+                                                                    .user_data = op },
+                                         0) < 0)
+                broken = true;
+        }
+        g_ptr_array_unref(send);
+        if (!broken && source_poll(h, p->demand_wake, ops->len ? 100 : 200) < 0)
+            broken = true;
+
+        for (guint i = 0; i < ops->len;) {
+            DemandOp *op = g_ptr_array_index(ops, i);
+            if (op->completed && !(op->err && source_error_is_connection(op->err))) {
+                demand_finish(p, op->e, op->err);
+                g_free(g_ptr_array_steal_index_fast(ops, i));
+            } else {
+                i++;
+            }
+        }
+        if (broken) {
+            /* nbd_close retires every command: after it no callback runs,
+             * so what is still in ops is sent again on the next connection. */
+            lost(p, &h, "demand", &p->demand_connected);
+            g_mutex_lock(&d->lock);
+            for (guint i = ops->len; i-- > 0;)
+                g_queue_push_head(&p->demand_queue, ((DemandOp *)g_ptr_array_index(ops, i))->e);
+            g_mutex_unlock(&d->lock);
+            for (guint i = 0; i < ops->len; i++)
+                g_free(g_ptr_array_index(ops, i));
+            g_ptr_array_set_size(ops, 0);
+        }
+    }
+    if (h)
+        nbd_close(h);
+    /* Stopping: fail whatever is left so no reader waits for us. */
+    for (guint i = 0; i < ops->len; i++) {
+        DemandOp *op = g_ptr_array_index(ops, i);
+        demand_finish(p, op->e, ESHUTDOWN);
+        g_free(op);
+    }
+    g_mutex_lock(&d->lock);
+    GList *left = p->demand_queue.head;
+    p->demand_queue.head = p->demand_queue.tail = NULL;
+    p->demand_queue.length = 0;
+    g_mutex_unlock(&d->lock);
+    for (GList *l = left; l; l = l->next)
+        demand_finish(p, l->data, ESHUTDOWN);
+    g_list_free(left);
+    __atomic_store_n(&p->demand_connected, false, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* ---- background stream ------------------------------------------------ */
+
+typedef struct {
+    Puller *p;
+    uint64_t first, n;             /* export pages */
+    unsigned char *buf;
+    bool completed;
+    int err;
+} Chunk;
+
+typedef struct {
+    uint64_t start, end;           /* pages, [start, end) */
+    bool zero;
+} Span;
+
+typedef struct {
+    GArray *spans;                 /* of Span, covering [win_start, win_end) */
+    uint64_t win_end;
+    bool have_meta;
+} StatusWindow;
+
+static bool page_wanted(Puller *p, uint64_t page)
+{
+    uint64_t slot = __atomic_load_n(&p->rev[page], __ATOMIC_RELAXED);
+    return slot && page_store_slot_kind(p->dest->ps, slot - 1) == SLOT_REMOTE;
+}
+
+static int collect_spans(void *user_data, const char *ctx, uint64_t offset, uint32_t *entries,
+                         size_t nr, int *error)
+{
+    (void)error;
+    StatusWindow *w = user_data;
+    if (strcmp(ctx, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
+        return 0;
+    uint64_t off = offset;
+    for (size_t i = 0; i + 1 < nr; i += 2) {
+        uint64_t end = off + entries[i];
+        Span s;
+        /* Only whole pages inside a zero extent are skipped; a page that
+         * is partly data is read. */
+        if (entries[i + 1] & LIBNBD_STATE_ZERO)
+            s = (Span){ (off + PAGE_SIZE_BYTES - 1) / PAGE_SIZE_BYTES, end / PAGE_SIZE_BYTES, true };
+        else
+            s = (Span){ off / PAGE_SIZE_BYTES, (end + PAGE_SIZE_BYTES - 1) / PAGE_SIZE_BYTES, false };
+        if (s.end > s.start)
+            g_array_append_val(w->spans, s);
+        off = end;
+    }
+    return 0;
+}
+
+/* Make w describe pages from `page` on. Without base:allocation (another
+ * NBD server as source) everything is data. Returns -1 if h failed. */
+static int refresh_window(Puller *p, struct nbd_handle *h, StatusWindow *w, uint64_t page)
+{
+    g_array_set_size(w->spans, 0);
+    uint64_t off = page * PAGE_SIZE_BYTES, len = MIN((uint64_t)STATUS_WINDOW, p->size - off);
+    if (w->have_meta &&
+        nbd_block_status(h, len, off,
+                         (nbd_extent_callback){ .callback = collect_spans, .user_data = w }, 0) < 0) {
+        if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h))
+            return -1;
+        g_warning("block status of export '%s' at %" G_GUINT64_FORMAT " failed: %s; "
+                  "treating the range as data", p->name, off, nbd_get_error());
+        g_array_set_size(w->spans, 0);
+    }
+    if (w->spans->len == 0)
+        g_array_append_val(w->spans, ((Span){ page, (off + len) / PAGE_SIZE_BYTES, false }));
+    w->win_end = g_array_index(w->spans, Span, w->spans->len - 1).end;
+    return 0;
+}
+
+static const Span *span_of(StatusWindow *w, uint64_t page)
+{
+    for (guint i = 0; i < w->spans->len; i++) {
+        const Span *s = &g_array_index(w->spans, Span, i);
+        if (page >= s->start && page < s->end)
+            return s;
+    }
+    return NULL;
+}
+
+static void install_zero_page(Puller *p, uint64_t page)
+{
+    static const unsigned char zero[PAGE_SIZE_BYTES];
+    uint64_t slot = p->rev[page];
+    if (slot && page_store_fill_remote(p->dest->ps, slot - 1, p->id, page, zero))
+        __atomic_add_fetch(&p->dest->zero_pages, 1, __ATOMIC_RELAXED);
+}
+
+/* Next chunk worth reading from *cursor on, or NULL when the export is
+ * done. Zero ranges are installed on the way, without a transfer. */
+static Chunk *next_chunk(Puller *p, struct nbd_handle *h, StatusWindow *w, uint64_t *cursor,
+                         bool *broken)
+{
+    while (*cursor < p->pages && !stopping(p)) {
+        if (*cursor >= w->win_end || !span_of(w, *cursor)) {
+            if (refresh_window(p, h, w, *cursor) < 0) {
+                *broken = true;
+                return NULL;
+            }
+        }
+        const Span *s = span_of(w, *cursor);
+        if (!s) {       /* the source described less than asked: read plainly */
+            g_array_set_size(w->spans, 0);
+            g_array_append_val(w->spans, ((Span){ *cursor, MIN(*cursor + STREAM_CHUNK_PAGES, p->pages), false }));
+            w->win_end = MIN(*cursor + STREAM_CHUNK_PAGES, p->pages);
+            s = span_of(w, *cursor);
+        }
+        if (s->zero) {
+            for (uint64_t pg = *cursor; pg < s->end; pg++)
+                if (page_wanted(p, pg))
+                    install_zero_page(p, pg);
+            *cursor = s->end;
+            continue;
+        }
+        uint64_t end = MIN(s->end, *cursor + STREAM_CHUNK_PAGES);
+        uint64_t first = *cursor, last = end;
+        while (first < end && !page_wanted(p, first))
+            first++;
+        while (last > first && !page_wanted(p, last - 1))
+            last--;
+        *cursor = end;
+        if (first == last)
+            continue;
+        Chunk *c = g_new0(Chunk, 1);
+        c->p = p;
+        c->first = first;
+        c->n = last - first;
+        c->buf = g_malloc(c->n * PAGE_SIZE_BYTES);
+        return c;
+    }
+    return NULL;
+}
+
+static int chunk_done(void *user_data, int *error)
+{
+    Chunk *c = user_data;
+    c->completed = true;
+    c->err = *error;
+    return 1;
+}
+
+static void chunk_install(Chunk *c)
+{
+    Puller *p = c->p;
+    uint64_t installed = 0;
+    for (uint64_t i = 0; i < c->n; i++) {
+        uint64_t page = c->first + i, slot = p->rev[page];
+        if (slot && page_store_fill_remote(p->dest->ps, slot - 1, p->id, page,
+                                           c->buf + i * PAGE_SIZE_BYTES))
+            installed++;
+    }
+    __atomic_add_fetch(&p->dest->stream_pages, installed, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&p->dest->bytes_fetched, c->n * PAGE_SIZE_BYTES, __ATOMIC_RELAXED);
+}
+
+static void chunk_free(Chunk *c)
+{
+    g_free(c->buf);
+    g_free(c);
+}
+
+static unsigned stream_depth(Puller *p)
+{
+    Dest *d = p->dest;
+    g_mutex_lock(&d->lock);
+    bool faults = g_hash_table_size(d->demand) > 0;
+    g_mutex_unlock(&d->lock);
+    return faults ? STREAM_DEPTH_UNDER_FAULTS : STREAM_DEPTH;
+}
+
+/* Bandwidth cap: may another chunk of n bytes go now? */
+static bool under_cap(Dest *d, gint64 since_us, uint64_t sent, uint64_t n)
+{
+    uint64_t bps = __atomic_load_n(&d->bandwidth_bps, __ATOMIC_RELAXED);
+    if (bps == 0)
+        return true;
+    double allowed = (double)bps * (double)(g_get_monotonic_time() - since_us) / 1e6;
+    return (double)(sent + n) <= allowed + (double)n;
+}
+
+static gpointer stream_main(gpointer data)
+{
+    Puller *p = data;
+    Dest *d = p->dest;
+    struct nbd_handle *h = NULL;
+    g_autoptr(GPtrArray) inflight = g_ptr_array_new();   /* Chunk* */
+    GQueue retry = G_QUEUE_INIT;
+    StatusWindow w = { g_array_new(FALSE, FALSE, sizeof(Span)), 0, false };
+    uint64_t cursor = 0, sent = 0;
+    gint64 since = g_get_monotonic_time();
+
+    while (!stopping(p)) {
+        if (!__atomic_load_n(&d->background, __ATOMIC_RELAXED)) {
+            nap(p, p->stream_wake, 200000);
+            since = g_get_monotonic_time();
+            sent = 0;
+            continue;
+        }
+        if (!h) {
+            if (!(h = connect_retry(p, "background", &p->stream_connected, p->stream_wake)))
+                break;
+            w.have_meta = nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) > 0;
+            w.win_end = 0;
+        }
+        bool broken = false;
+        unsigned depth = stream_depth(p);
+        while (!broken && inflight->len < depth) {
+            Chunk *c = g_queue_pop_head(&retry);
+            if (!c)
+                c = next_chunk(p, h, &w, &cursor, &broken);
+            if (!c)
+                break;
+            if (!under_cap(d, since, sent, c->n * PAGE_SIZE_BYTES)) {
+                g_queue_push_head(&retry, c);
+                break;
+            }
+            g_ptr_array_add(inflight, c);
+            sent += c->n * PAGE_SIZE_BYTES;
+            if (nbd_aio_pread(h, c->buf, c->n * PAGE_SIZE_BYTES, c->first * PAGE_SIZE_BYTES,
+                              (nbd_completion_callback){ .callback = chunk_done, .user_data = c },
+                              0) < 0)
+                broken = true;
+        }
+        if (!broken && inflight->len == 0) {
+            if (cursor >= p->pages && g_queue_is_empty(&retry))
+                break;           /* every page of this export has been asked for */
+            nap(p, p->stream_wake, 20000);   /* waiting for the bandwidth cap */
+            continue;
+        }
+        if (!broken && source_poll(h, p->stream_wake, 100) < 0)
+            broken = true;
+        for (guint i = 0; i < inflight->len;) {
+            Chunk *c = g_ptr_array_index(inflight, i);
+            if (!c->completed) {
+                i++;
+                continue;
+            }
+            g_ptr_array_remove_index(inflight, i);
+            if (c->err == 0) {
+                chunk_install(c);
+                chunk_free(c);
+            } else {
+                if (!source_error_is_connection(c->err))
+                    g_warning("the source answered error '%s' reading pages %" G_GUINT64_FORMAT
+                              "..%" G_GUINT64_FORMAT " of export '%s'; will retry",
+                              g_strerror(c->err), c->first, c->first + c->n - 1, p->name);
+                c->completed = false;
+                c->err = 0;
+                g_queue_push_tail(&retry, c);
+            }
+        }
+        if (broken) {
+            lost(p, &h, "background", &p->stream_connected);
+            for (guint i = 0; i < inflight->len; i++) {
+                Chunk *c = g_ptr_array_index(inflight, i);
+                c->completed = false;
+                c->err = 0;
+                g_queue_push_tail(&retry, c);
+            }
+            g_ptr_array_set_size(inflight, 0);
+        }
+    }
+    if (h)
+        nbd_close(h);
+    for (guint i = 0; i < inflight->len; i++)
+        chunk_free(g_ptr_array_index(inflight, i));
+    g_queue_clear_full(&retry, (GDestroyNotify)chunk_free);
+    g_array_unref(w.spans);
+    __atomic_store_n(&p->stream_connected, false, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* ---- lifecycle -------------------------------------------------------- */
+
+Puller *puller_new(Dest *d, unsigned id, const char *name, uint64_t size, GError **error)
+{
+    Puller *p = g_new0(Puller, 1);
+    p->dest = d;
+    p->id = id;
+    p->name = g_strdup(name);
+    p->size = size;
+    p->pages = size / PAGE_SIZE_BYTES;
+    p->demand_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    p->stream_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    size_t bytes = MAX((size_t)p->pages, 1) * sizeof(uint64_t);
+    p->rev = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p->demand_wake < 0 || p->stream_wake < 0 || p->rev == MAP_FAILED) {
+        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
+                    "cannot set up pulling of export '%s' (%" G_GUINT64_FORMAT " pages): %s",
+                    name, p->pages, g_strerror(errno));
+        if (p->rev == MAP_FAILED)
+            p->rev = NULL;
+        puller_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void puller_start(Puller *p)
+{
+    if (p->demand_thread)
+        return;
+    __atomic_store_n(&p->stop, false, __ATOMIC_RELEASE);
+    g_autofree char *dn = g_strdup_printf("demand:%s", p->name);
+    g_autofree char *sn = g_strdup_printf("stream:%s", p->name);
+    p->demand_thread = g_thread_new(dn, demand_main, p);
+    p->stream_thread = g_thread_new(sn, stream_main, p);
+}
+
+void puller_stop(Puller *p)
+{
+    if (!p->demand_thread)
+        return;
+    __atomic_store_n(&p->stop, true, __ATOMIC_RELEASE);
+    wake_fd_signal(p->demand_wake);
+    wake_fd_signal(p->stream_wake);
+    g_thread_join(p->demand_thread);
+    g_thread_join(p->stream_thread);
+    p->demand_thread = p->stream_thread = NULL;
+}
+
+void puller_free(Puller *p)
+{
+    if (!p)
+        return;
+    puller_stop(p);
+    if (p->rev)
+        munmap(p->rev, MAX((size_t)p->pages, 1) * sizeof(uint64_t));
+    if (p->demand_wake >= 0)
+        close(p->demand_wake);
+    if (p->stream_wake >= 0)
+        close(p->stream_wake);
+    g_free(p->name);
+    g_free(p);
+}

@@ -1,0 +1,155 @@
+#include "source-conn.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+bool source_split_address(const char *hostport, char **host, char **port, GError **error)
+{
+    const char *colon = hostport ? strrchr(hostport, ':') : NULL;
+    if (!colon || colon == hostport || colon[1] == 0) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "--src '%s' is not HOST:PORT (e.g. 192.0.2.1:4444)",
+                    hostport ? hostport : "");
+        return false;
+    }
+    const char *h = hostport, *he = colon;
+    if (*h == '[' && he[-1] == ']') {
+        h++;
+        he--;
+    }
+    *host = g_strndup(h, (gsize)(he - h));
+    *port = g_strdup(colon + 1);
+    return true;
+}
+
+struct nbd_handle *source_connect(const char *host, const char *port, const char *name,
+                                  GError **error)
+{
+    struct nbd_handle *h = nbd_create();
+    if (!h) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "libnbd: %s", nbd_get_error());
+        return NULL;
+    }
+    /* Pages are always fully overwritten by the reply: skip libnbd's
+     * zeroing of every read buffer. */
+    nbd_set_pread_initialize(h, false);
+    if (nbd_set_export_name(h, name) < 0 ||
+        nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0 ||
+        nbd_connect_tcp(h, host, port) < 0) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                    "cannot connect to the migration source %s:%s (export '%s'): %s; is "
+                    "'nbd-pagesrv --export %s=FILE --listen %s:%s' running there?",
+                    host, port, name, nbd_get_error(), name, host, port);
+        nbd_close(h);
+        return NULL;
+    }
+    return h;
+}
+
+static int collect_export(void *user_data, const char *name, const char *description)
+{
+    (void)description;
+    g_ptr_array_add(user_data, g_strdup(name));
+    return 0;
+}
+
+GHashTable *source_list_exports(const char *host, const char *port, GError **error)
+{
+    GHashTable *sizes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    struct nbd_handle *h = nbd_create();
+    if (!h || nbd_set_opt_mode(h, true) < 0 || nbd_connect_tcp(h, host, port) < 0 ||
+        nbd_opt_list(h, (nbd_list_callback){ .callback = collect_export, .user_data = names }) < 0) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                    "cannot reach the migration source at %s:%s: %s; start 'nbd-pagesrv "
+                    "--export NAME=FILE --listen HOST:%s' on the source host first",
+                    host, port, h ? nbd_get_error() : "out of memory", port);
+        goto fail;
+    }
+    for (guint i = 0; i < names->len; i++) {
+        const char *name = g_ptr_array_index(names, i);
+        if (nbd_set_export_name(h, name) < 0 || nbd_opt_info(h) < 0) {
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                        "the source at %s:%s lists export '%s' but will not describe it: %s",
+                        host, port, name, nbd_get_error());
+            goto fail;
+        }
+        int64_t size = nbd_get_size(h);
+        if (size < 0) {
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                        "size of source export '%s': %s", name, nbd_get_error());
+            goto fail;
+        }
+        uint64_t *v = g_new(uint64_t, 1);
+        *v = (uint64_t)size;
+        g_hash_table_insert(sizes, g_strdup(name), v);
+    }
+    nbd_opt_abort(h);
+    nbd_close(h);
+    return sizes;
+fail:
+    if (h)
+        nbd_close(h);
+    g_hash_table_unref(sizes);
+    return NULL;
+}
+
+int source_poll(struct nbd_handle *h, int wake_fd, int timeout_ms)
+{
+    unsigned dir = nbd_aio_get_direction(h);
+    struct pollfd fds[2] = {
+        { .fd = nbd_aio_get_fd(h), .events = 0 },
+        { .fd = wake_fd, .events = POLLIN },
+    };
+    if (fds[0].fd < 0)
+        return -1;
+    if (dir & LIBNBD_AIO_DIRECTION_READ)
+        fds[0].events |= POLLIN;
+    if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+        fds[0].events |= POLLOUT;
+    int n = poll(fds, 2, timeout_ms);
+    if (n < 0 && errno != EINTR)
+        return -1;
+    if (n <= 0)
+        return 0;
+    if (fds[1].revents & POLLIN)
+        wake_fd_drain(wake_fd);
+    /* HUP/ERR: let libnbd read and discover the end itself. */
+    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+        if (nbd_aio_notify_read(h) < 0)
+            return -1;
+    } else if (fds[0].revents & POLLOUT) {
+        if (nbd_aio_notify_write(h) < 0)
+            return -1;
+    }
+    return nbd_aio_is_dead(h) || nbd_aio_is_closed(h) ? -1 : 0;
+}
+
+bool source_error_is_connection(int err)
+{
+    switch (err) {
+    case ENOTCONN: case ESHUTDOWN: case ECONNRESET: case EPIPE: case ECONNREFUSED:
+    case ETIMEDOUT: case EHOSTUNREACH: case ENETUNREACH: case ECONNABORTED:
+        return true;
+    default:
+        return false;
+    }
+}
+
+void wake_fd_signal(int fd)
+{
+    uint64_t one = 1;
+    /* A full counter already means "wake up". */
+    if (write(fd, &one, sizeof one) < 0 && errno != EAGAIN)
+        g_warning("waking a source thread failed: %s", g_strerror(errno));
+}
+
+void wake_fd_drain(int fd)
+{
+    uint64_t v;
+    while (read(fd, &v, sizeof v) > 0)
+        ;
+}

@@ -1,0 +1,34 @@
+/* Client connections to the migration source, through libnbd: connecting
+ * with a clear error, and a poll loop that also wakes on an eventfd so a
+ * thread driving libnbd's asynchronous API can take new work at once. */
+#ifndef SWAPCOPY_SOURCE_CONN_H
+#define SWAPCOPY_SOURCE_CONN_H
+
+#include <glib.h>
+#include <libnbd.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Connect to export `name` at host:port; asks for base:allocation.
+ * Returns NULL with *error set. */
+struct nbd_handle *source_connect(const char *host, const char *port, const char *name,
+                                  GError **error);
+
+/* List the source's exports and their sizes: name -> uint64_t* size. */
+GHashTable *source_list_exports(const char *host, const char *port, GError **error);
+
+/* Wait up to timeout_ms for the handle (or the wake eventfd) and let libnbd
+ * make progress. Returns 0, or -1 if the connection is dead. */
+int source_poll(struct nbd_handle *h, int wake_fd, int timeout_ms);
+
+/* True if err (from a libnbd completion) means the connection, not the
+ * source's answer, failed: the request should be retried elsewhere. */
+bool source_error_is_connection(int err);
+
+/* Split "HOST:PORT" ("[V6]:PORT") into its parts. */
+bool source_split_address(const char *hostport, char **host, char **port, GError **error);
+
+void wake_fd_signal(int fd);
+void wake_fd_drain(int fd);
+
+#endif
