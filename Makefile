@@ -16,24 +16,28 @@ ifeq ($(SANITIZERS),yes)
 BASE_CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -DSWAPCOPY_SANITIZED=1
 BASE_LDFLAGS += -fsanitize=address,undefined
 endif
-ALL_CFLAGS = $(BASE_CFLAGS) $(DEPS_CFLAGS) -Iinclude $(CFLAGS)
+ALL_CFLAGS = $(BASE_CFLAGS) $(DEPS_CFLAGS) -Iinclude -Iswapstub $(CFLAGS)
 ALL_LDFLAGS = $(BASE_LDFLAGS) -pthread $(LDFLAGS)
 LIBS = $(DEPS_LIBS)
 
 # nbd-pagesrv: every .c in nbd-pagesrv/ except the small control client.
 PAGESRV_SRCS := $(filter-out nbd-pagesrv/pagesrv-ctl.c,$(wildcard nbd-pagesrv/*.c))
 PAGESRV_OBJS := $(PAGESRV_SRCS:%.c=$(B)/obj/%.o)
+# libswapstub and the swapstub command.
+SWAPSTUB_SRCS := $(filter-out swapstub/swapstub-cli.c,$(wildcard swapstub/*.c))
+SWAPSTUB_OBJS := $(SWAPSTUB_SRCS:%.c=$(B)/obj/%.o)
+LIBSWAPSTUB := $(B)/libswapstub.a
 # Test and benchmark programs: one .c file each.
 TEST_PROGS := $(patsubst tests/progs/%.c,$(B)/tests/%,$(wildcard tests/progs/*.c))
 BENCH_PROGS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
-PROGRAMS := $(B)/nbd-pagesrv $(B)/pagesrv-ctl
+PROGRAMS := $(B)/nbd-pagesrv $(B)/pagesrv-ctl $(B)/swapstub
 
 # Keep objects of the pattern-built programs between runs.
 .SECONDARY:
 
 .PHONY: all deps check check-sanitizers demo bench install clean distclean
-all: $(PROGRAMS) $(TEST_PROGS) $(BENCH_PROGS)
+all: $(PROGRAMS) $(LIBSWAPSTUB) $(TEST_PROGS) $(BENCH_PROGS)
 
 config.mk: configure scripts/install-deps.sh
 	sh scripts/install-deps.sh
@@ -52,11 +56,18 @@ $(B)/nbd-pagesrv: $(PAGESRV_OBJS)
 $(B)/pagesrv-ctl: $(B)/obj/nbd-pagesrv/pagesrv-ctl.o
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
 
-$(B)/tests/%: $(B)/obj/tests/progs/%.o
+$(LIBSWAPSTUB): $(SWAPSTUB_OBJS)
+	rm -f $@
+	ar rcs $@ $^
+
+$(B)/swapstub: $(B)/obj/swapstub/swapstub-cli.o $(LIBSWAPSTUB)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+$(B)/tests/%: $(B)/obj/tests/progs/%.o $(LIBSWAPSTUB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
 
-$(B)/bench/%: $(B)/obj/bench/%.o
+$(B)/bench/%: $(B)/obj/bench/%.o $(LIBSWAPSTUB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
 
@@ -74,10 +85,13 @@ demo: all
 bench: all
 	SWAPCOPY_BUILD=$(abspath $(B)) bench/run-all.sh
 
-install: $(PROGRAMS)
+install: $(PROGRAMS) $(LIBSWAPSTUB)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/swapcopy
 	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 755 scripts/*.sh $(DESTDIR)$(PREFIX)/libexec/swapcopy/
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
+	install -m 644 $(LIBSWAPSTUB) $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 swapstub/swapstub.h $(DESTDIR)$(PREFIX)/include/
 
 clean:
 	rm -rf build build-san

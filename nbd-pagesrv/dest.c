@@ -260,6 +260,27 @@ static void cmd_status(ControlClient *cl, int argc, char **argv, gpointer data)
     control_reply(cl, out->str);
 }
 
+static void cmd_slot_states(ControlClient *cl, int argc, char **argv, gpointer data)
+{
+    Dest *d = data;
+    uint64_t first, n;
+    PageStoreCounts c;
+    page_store_counts(d->ps, &c);
+    if (argc != 3 || !parse_u64(argv[1], &first) || !parse_u64(argv[2], &n) || n == 0 ||
+        n > 1048576 || first > c.slots || n > c.slots - first) {
+        control_reply_error(cl, "usage: slot-states FIRST COUNT (COUNT <= 1048576, inside the "
+                                "device's %" G_GUINT64_FORMAT " slots)", c.slots);
+        return;
+    }
+    g_autoptr(GString) out = g_string_new(NULL);
+    g_string_printf(out, "{\"first\":%" G_GUINT64_FORMAT ",\"states\":\"", first);
+    gsize at = out->len;
+    g_string_set_size(out, at + n);
+    page_store_slot_letters(d->ps, first, n, out->str + at);
+    g_string_append(out, "\"}");
+    control_reply(cl, out->str);
+}
+
 static void cmd_wait_all_local(ControlClient *cl, int argc, char **argv, gpointer data)
 {
     (void)argc;
@@ -307,6 +328,8 @@ void dest_register_commands(Dest *d, ControlServer *cs)
     control_register(cs, "status", "status: migration progress as JSON", cmd_status, d);
     control_register(cs, "wait-all-local", "wait-all-local: answer (with the status) once every "
                      "mapped page is local", cmd_wait_all_local, d);
+    control_register(cs, "slot-states", "slot-states FIRST COUNT: one letter per slot, E(mpty) "
+                     "L(ocal) R(emote) M(arker)", cmd_slot_states, d);
     control_register(cs, "policy", "policy background on|off | bandwidth MIB_PER_S | "
                      "fault-timeout SECONDS", cmd_policy, d);
 }

@@ -68,8 +68,9 @@ static void pse_stats_json(Export *e, GString *out)
     g_string_append_printf(out,
         "{\"slots\":%" G_GUINT64_FORMAT ",\"local\":%" G_GUINT64_FORMAT
         ",\"ram_pages\":%" G_GUINT64_FORMAT ",\"file_pages\":%" G_GUINT64_FORMAT
-        ",\"remote_pages\":%" G_GUINT64_FORMAT "}",
-        c.slots, c.ram_pages + c.file_pages, c.ram_pages, c.file_pages, c.remote_pages);
+        ",\"remote_pages\":%" G_GUINT64_FORMAT ",\"marker_pages\":%" G_GUINT64_FORMAT "}",
+        c.slots, c.ram_pages + c.file_pages, c.ram_pages, c.file_pages, c.remote_pages,
+        c.marker_pages);
 }
 
 static void pse_destroy(Export *e)

@@ -2,6 +2,7 @@
 
 #include "export.h"
 #include "nbd-proto.h"
+#include "swapstub-marker.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -49,7 +50,7 @@ struct PageStore {
     unsigned cluster;
     void *fetch_opaque;
 
-    uint64_t n_ram, n_file, n_remote;   /* atomics */
+    uint64_t n_ram, n_file, n_remote, n_marker;   /* atomics */
 };
 
 static void remote_ref(uint64_t e, unsigned *export_id, uint64_t *page);
@@ -223,6 +224,9 @@ static void slot_clear(PageStore *ps, uint64_t s)
     case SLOT_REMOTE:
         __atomic_sub_fetch(&ps->n_remote, 1, __ATOMIC_RELAXED);
         break;
+    case SLOT_MARKER:
+        __atomic_sub_fetch(&ps->n_marker, 1, __ATOMIC_RELAXED);
+        break;
     case SLOT_EMPTY:
         break;
     }
@@ -238,6 +242,23 @@ static bool page_is_zero(const unsigned char *p)
     return true;
 }
 
+#define MARKER_INDEX_MASK ((UINT64_C(1) << SWAPSTUB_MARKER_INDEX_BITS) - 1)
+#define MARKER_COOKIE_MASK ((UINT64_C(1) << SWAPSTUB_MARKER_COOKIE_BITS) - 1)
+
+/* A marker written by swapstub arm: remember which one, store nothing. */
+static bool slot_store_marker(PageStore *ps, uint64_t s, const unsigned char *page)
+{
+    uint64_t cookie, index, origin;
+    if (!swapstub_marker_parse(page, &cookie, &index, &origin) ||
+        origin != SWAPSTUB_ORIGIN_WRITTEN || index > MARKER_INDEX_MASK)
+        return false;
+    slot_clear(ps, s);
+    ps->slot[s] = make_entry(SLOT_MARKER, (cookie & MARKER_COOKIE_MASK)
+                                              << SWAPSTUB_MARKER_INDEX_BITS | index);
+    __atomic_add_fetch(&ps->n_marker, 1, __ATOMIC_RELAXED);
+    return true;
+}
+
 /* Store a whole page into slot s, whatever it held. Caller holds its lock. */
 static int slot_store(PageStore *ps, uint64_t s, const unsigned char *page)
 {
@@ -246,6 +267,8 @@ static int slot_store(PageStore *ps, uint64_t s, const unsigned char *page)
         slot_clear(ps, s);
         return 0;
     }
+    if (slot_store_marker(ps, s, page))
+        return 0;
     if (kind_of(e) == SLOT_RAM) {
         memcpy(pool_page(ps, payload_of(e)), page, PAGE_SIZE_BYTES);
         return 0;
@@ -281,6 +304,13 @@ static int slot_load(PageStore *ps, uint64_t s, unsigned in, unsigned len, unsig
         return 0;
     case SLOT_FILE:
         return spill_io(ps, false, dst, len, (s << PAGE_SHIFT_BITS) + in);
+    case SLOT_MARKER: {
+        unsigned char page[PAGE_SIZE_BYTES];
+        swapstub_marker_fill(page, payload_of(e) >> SWAPSTUB_MARKER_INDEX_BITS,
+                             payload_of(e) & MARKER_INDEX_MASK, SWAPSTUB_ORIGIN_DEVICE);
+        memcpy(dst, page + in, len);
+        return 0;
+    }
     case SLOT_REMOTE:
         break;
     }
@@ -419,6 +449,7 @@ void page_store_counts(PageStore *ps, PageStoreCounts *out)
     out->ram_pages = __atomic_load_n(&ps->n_ram, __ATOMIC_RELAXED);
     out->file_pages = __atomic_load_n(&ps->n_file, __ATOMIC_RELAXED);
     out->remote_pages = __atomic_load_n(&ps->n_remote, __ATOMIC_RELAXED);
+    out->marker_pages = __atomic_load_n(&ps->n_marker, __ATOMIC_RELAXED);
 }
 
 void page_store_set_fetcher(PageStore *ps, PageFetchFn fetch, PagePrefetchFn prefetch,
@@ -474,6 +505,14 @@ bool page_store_map_remote(PageStore *ps, uint64_t slot, unsigned export_id, uin
 SlotKind page_store_slot_kind(PageStore *ps, uint64_t slot)
 {
     return kind_of(__atomic_load_n(&ps->slot[slot], __ATOMIC_RELAXED));
+}
+
+void page_store_slot_letters(PageStore *ps, uint64_t first, uint64_t n, char *out)
+{
+    static const char letter[] = { [SLOT_EMPTY] = 'E', [SLOT_RAM] = 'L', [SLOT_FILE] = 'L',
+                                   [SLOT_REMOTE] = 'R', [SLOT_MARKER] = 'M' };
+    for (uint64_t i = 0; i < n; i++)
+        out[i] = letter[kind_of(__atomic_load_n(&ps->slot[first + i], __ATOMIC_RELAXED))];
 }
 
 bool page_store_fill_remote(PageStore *ps, uint64_t slot, unsigned export_id, uint64_t page,

@@ -3,8 +3,10 @@
  *   EMPTY   never written, or trimmed: reads as zeros;
  *   RAM     held in a page of the RAM pool (bounded by mem_limit);
  *   FILE    held at the slot's own offset in a sparse spill file;
- *   REMOTE  page P of source export E, not fetched yet (pagesrv-dest.c
- *           fills these in; page_store_read() hands them to the fetcher).
+ *   REMOTE  page P of source export E, not fetched yet (dest.c fills
+ *           these in; page_store_read() hands them to the fetcher);
+ *   MARKER  swapstub's arming marker for region page I (nothing stored:
+ *           the content is regenerated, flagged as read from the device).
  * Requests may be unaligned; whole-page writes of zeros become EMPTY. */
 #ifndef SWAPCOPY_PAGE_STORE_H
 #define SWAPCOPY_PAGE_STORE_H
@@ -21,6 +23,7 @@ typedef enum {
     SLOT_RAM = 1,
     SLOT_FILE = 2,
     SLOT_REMOTE = 3,
+    SLOT_MARKER = 4,
 } SlotKind;
 
 typedef struct PageStore PageStore;
@@ -36,6 +39,7 @@ typedef struct {
     uint64_t ram_pages;
     uint64_t file_pages;
     uint64_t remote_pages;       /* mapped to the source, not yet local */
+    uint64_t marker_pages;       /* armed, not mapped yet */
 } PageStoreCounts;
 
 /* spill_path NULL: an unlinked temporary file in $TMPDIR. */
@@ -63,6 +67,8 @@ void page_store_set_fetcher(PageStore *ps, PageFetchFn fetch, PagePrefetchFn pre
  * local again. Returns false if slot is out of range. */
 bool page_store_map_remote(PageStore *ps, uint64_t slot, unsigned export_id, uint64_t page);
 SlotKind page_store_slot_kind(PageStore *ps, uint64_t slot);
+/* One letter per slot of [first, first+n): E(mpty) L(ocal) R(emote) M(arker). */
+void page_store_slot_letters(PageStore *ps, uint64_t first, uint64_t n, char *out);
 /* Install fetched data for a slot that is still REMOTE for (export_id,
  * page); does nothing if the slot has changed meanwhile. Returns true if
  * installed. */

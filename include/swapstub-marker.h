@@ -1,0 +1,50 @@
+/* The marker pages swapstub writes into a region before paging it out,
+ * shared by swapstub (which writes and reads them) and nbd-pagesrv (which
+ * recognises them, so arming costs the device no storage, and answers a
+ * READ of a marker slot with the same marker flagged as read from the
+ * device, so a read-back tells a page still in the swap cache from one
+ * the device served).
+ *
+ * Layout (little-endian u64 words): magic, cookie, page index, origin;
+ * every other byte zero. Never all-zero, so the kernel always writes it. */
+#ifndef SWAPCOPY_SWAPSTUB_MARKER_H
+#define SWAPCOPY_SWAPSTUB_MARKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#define SWAPSTUB_MARKER_MAGIC   UINT64_C(0x6275747370617773)   /* "swapstub" */
+#define SWAPSTUB_ORIGIN_WRITTEN UINT64_C(0x1)                  /* by swapstub arm */
+#define SWAPSTUB_ORIGIN_DEVICE  UINT64_C(0x2)                  /* by nbd-pagesrv */
+#define SWAPSTUB_MARKER_COOKIE_BITS 16
+#define SWAPSTUB_MARKER_INDEX_BITS 44
+#define SWAPSTUB_PAGE 4096u
+
+static inline void swapstub_marker_fill(void *page, uint64_t cookie, uint64_t index,
+                                        uint64_t origin)
+{
+    uint64_t w[4] = { SWAPSTUB_MARKER_MAGIC, cookie, index, origin };
+    memset(page, 0, SWAPSTUB_PAGE);
+    memcpy(page, w, sizeof w);
+}
+
+/* True if page is a marker; sets the fields. Checks every byte. */
+static inline bool swapstub_marker_parse(const void *page, uint64_t *cookie, uint64_t *index,
+                                         uint64_t *origin)
+{
+    uint64_t w[4];
+    memcpy(w, page, sizeof w);
+    if (w[0] != SWAPSTUB_MARKER_MAGIC)
+        return false;
+    const unsigned char *p = (const unsigned char *)page + sizeof w;
+    for (unsigned i = 0; i < SWAPSTUB_PAGE - sizeof w; i++)
+        if (p[i])
+            return false;
+    *cookie = w[1];
+    *index = w[2];
+    *origin = w[3];
+    return true;
+}
+
+#endif

@@ -1,0 +1,395 @@
+/* Arming on a stock kernel (kernel-facts.md, "Setting an anonymous region
+ * up as swapped out"): markers, pageout, slots from pagemap, eviction of
+ * the swap cache, mapping registered with nbd-pagesrv, verification. */
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "swapstub-internal.h"
+#include "swapstub-marker.h"
+
+#define BATCH_PAGES 256                /* 1 MiB of markers per write */
+#define MARKER_WAIT_US (30 * G_USEC_PER_SEC)
+
+SwapStub *swapstub_new(const SwapStubConfig *cfg, GError **error)
+{
+    if (!cfg->control || !cfg->device || !cfg->export_name) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL,
+                    "arming needs the control socket, the swap device and the export name");
+        return NULL;
+    }
+    if (cfg->addr % SS_PAGE || cfg->len % SS_PAGE || cfg->len == 0) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL,
+                    "region 0x%" G_GINT64_MODIFIER "x+%" G_GUINT64_FORMAT " is not a non-empty "
+                    "range of whole 4 KiB pages", cfg->addr, cfg->len);
+        return NULL;
+    }
+    SwapStub *s = g_new0(SwapStub, 1);
+    s->t.pidfd = s->t.pagemap_fd = -1;
+    if (!target_open(&s->t, cfg->pid, error)) {
+        g_free(s);
+        return NULL;
+    }
+    s->addr = cfg->addr;
+    s->pages = cfg->len / SS_PAGE;
+    s->control = g_strdup(cfg->control);
+    s->device = g_strdup(cfg->device);
+    s->export_name = g_strdup(cfg->export_name);
+    s->export_page = cfg->export_page;
+    s->slot = g_new0(uint64_t, s->pages);
+    s->converted = g_new0(bool, s->pages);
+    return s;
+}
+
+void swapstub_free(SwapStub *s)
+{
+    if (!s)
+        return;
+    target_close(&s->t);
+    g_free(s->control);
+    g_free(s->device);
+    g_free(s->export_name);
+    g_free(s->slot);
+    g_free(s->converted);
+    g_free(s);
+}
+
+uint64_t swapstub_pages(const SwapStub *s)
+{
+    return s->pages;
+}
+
+static uint64_t page_addr(const SwapStub *s, uint64_t i)
+{
+    return s->addr + i * SS_PAGE;
+}
+
+static bool write_markers(SwapStub *s, uint64_t cookie, GError **error)
+{
+    g_autofree unsigned char *buf = g_malloc((size_t)BATCH_PAGES * SS_PAGE);
+    for (uint64_t i = 0; i < s->pages; i += BATCH_PAGES) {
+        uint64_t n = MIN((uint64_t)BATCH_PAGES, s->pages - i);
+        for (uint64_t j = 0; j < n; j++)
+            swapstub_marker_fill(buf + j * SS_PAGE, cookie, i + j, SWAPSTUB_ORIGIN_WRITTEN);
+        if (!target_write(&s->t, page_addr(s, i), buf, n * SS_PAGE, error))
+            return false;
+    }
+    return true;
+}
+
+static bool daemon_marker_pages(SwapStub *s, uint64_t *out, GError **error)
+{
+    g_autofree char *st = swapstub_control(s->control, "stats", error);
+    if (!st)
+        return false;
+    if (!json_u64(st, "marker_pages", out)) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                    "nbd-pagesrv at %s does not report marker_pages: is it an older version?",
+                    s->control);
+        return false;
+    }
+    return true;
+}
+
+/* The kernel may still be writing markers when MADV_PAGEOUT returns, and a
+ * page under writeback cannot leave the swap cache: wait until the daemon
+ * has every one. */
+static bool wait_markers_written(SwapStub *s, uint64_t before, GError **error)
+{
+    gint64 deadline = g_get_monotonic_time() + MARKER_WAIT_US;
+    uint64_t have = 0;
+    for (;;) {
+        if (!daemon_marker_pages(s, &have, error))
+            return false;
+        if (have >= before + s->pages)
+            return true;
+        if (g_get_monotonic_time() > deadline)
+            break;
+        g_usleep(5000);
+    }
+    g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                "only %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " marker pages reached "
+                "nbd-pagesrv within %d s: is %s the highest-priority swap device, and is "
+                "zswap off?", have - before, s->pages, (int)(MARKER_WAIT_US / G_USEC_PER_SEC),
+                s->device);
+    return false;
+}
+
+/* Record every page's slot; pages not swapped yet are paged out again. */
+static bool collect_slots(SwapStub *s, GError **error)
+{
+    g_autofree uint64_t *pm = g_new(uint64_t, s->pages);
+    for (int attempt = 0;; attempt++) {
+        if (!target_pagemap(&s->t, s->addr, s->pages, pm, error))
+            return false;
+        uint64_t missing = 0, first_missing = 0;
+        for (uint64_t i = 0; i < s->pages; i++) {
+            if (!(pm[i] & PM_SWAPPED)) {
+                if (!missing++)
+                    first_missing = i;
+                continue;
+            }
+            if (pm_swap_type(pm[i]) != s->type) {
+                g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                            "page %" G_GUINT64_FORMAT " went to swap type %u, not to %s (type "
+                            "%u): another swap device has the same or higher priority; give "
+                            "%s the highest (swapon -p 32767)", i, pm_swap_type(pm[i]),
+                            s->device, s->type, s->device);
+                return false;
+            }
+            s->slot[i] = pm_swap_offset(pm[i]);
+        }
+        if (!missing)
+            return true;
+        if (attempt == 3) {
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                        "%" G_GUINT64_FORMAT " pages (first: %" G_GUINT64_FORMAT ") would not "
+                        "swap out after 4 MADV_PAGEOUT passes: are they locked (mlock) or "
+                        "pinned?", missing, first_missing);
+            return false;
+        }
+        if (!target_madvise(&s->t, s->addr, s->pages * SS_PAGE, MADV_PAGEOUT, error))
+            return false;
+        g_usleep(10000);
+    }
+}
+
+/* This process: mincore sees the swap cache, so only cached pages are
+ * faulted in (no device reads) and paged out again. Returns how many
+ * pages were still cached. */
+static int64_t evict_self(SwapStub *s, GError **error)
+{
+    g_autofree unsigned char *vec = g_malloc(s->pages);
+    if (mincore((void *)(uintptr_t)s->addr, s->pages * SS_PAGE, vec) < 0) {
+        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
+                    "mincore of the region failed: %s", g_strerror(errno));
+        return -1;
+    }
+    int64_t cached = 0;
+    for (uint64_t i = 0; i < s->pages;) {
+        if (!(vec[i] & 1)) {
+            i++;
+            continue;
+        }
+        uint64_t j = i;
+        while (j < s->pages && (vec[j] & 1))
+            j++;
+        cached += (int64_t)(j - i);
+        size_t len = (j - i) * SS_PAGE;
+        if (!target_madvise(&s->t, page_addr(s, i), len, MADV_POPULATE_READ, error) ||
+            !target_madvise(&s->t, page_addr(s, i), len, MADV_PAGEOUT, error))
+            return -1;
+        i = j;
+    }
+    return cached;
+}
+
+/* Another process: read every page back; a page still showing the marker
+ * we wrote came from the swap cache, one flagged by nbd-pagesrv came from
+ * the device. Then page everything out again. */
+static int64_t evict_remote(SwapStub *s, GError **error)
+{
+    g_autofree unsigned char *buf = g_malloc((size_t)BATCH_PAGES * SS_PAGE);
+    int64_t cached = 0;
+    for (uint64_t i = 0; i < s->pages; i += BATCH_PAGES) {
+        uint64_t n = MIN((uint64_t)BATCH_PAGES, s->pages - i);
+        if (!target_read(&s->t, page_addr(s, i), buf, n * SS_PAGE, error))
+            return -1;
+        for (uint64_t j = 0; j < n; j++) {
+            uint64_t cookie, index, origin;
+            if (!swapstub_marker_parse(buf + j * SS_PAGE, &cookie, &index, &origin) ||
+                index != i + j) {
+                g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                            "page %" G_GUINT64_FORMAT " of the region holds neither our marker "
+                            "nor the device's: something wrote to the region while it was "
+                            "being armed (the guest must not run before arming completes)",
+                            i + j);
+                return -1;
+            }
+            if (origin == SWAPSTUB_ORIGIN_WRITTEN)
+                cached++;
+        }
+        if (!target_madvise(&s->t, page_addr(s, i), n * SS_PAGE, MADV_PAGEOUT, error))
+            return -1;
+    }
+    return cached;
+}
+
+/* The global swap cache is back to what it was before arming (the swap
+ * device is dedicated, so what remains would be ours). */
+static bool swap_cache_settled(int64_t baseline)
+{
+    for (int i = 0; i < 100; i++) {
+        int64_t now = swapdev_swap_cached_pages();
+        if (now >= 0 && now <= baseline)
+            return true;
+        g_usleep(10000);
+    }
+    return false;
+}
+
+static bool evict(SwapStub *s, unsigned max_rounds, int64_t baseline, bool mapped,
+                  SwapStubArmReport *r, GError **error)
+{
+    for (unsigned round = 1; round <= max_rounds; round++) {
+        int64_t cached = target_is_self(&s->t) ? evict_self(s, error) : evict_remote(s, error);
+        if (cached < 0)
+            return false;
+        if (round == 1 && !mapped)
+            r->still_cached_first = (uint64_t)cached;
+        if (!mapped)
+            r->rounds = round;
+        if (target_is_self(&s->t) ? cached == 0 : (cached == 0 && swap_cache_settled(baseline)))
+            return true;
+    }
+    g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                "pages of the region were still in the swap cache after %u eviction rounds "
+                "(is something else swapping heavily, or is the region locked?)", max_rounds);
+    return false;
+}
+
+static bool register_mapping(SwapStub *s, SwapStubArmReport *r, GError **error)
+{
+    for (uint64_t i = 0; i < s->pages;) {
+        uint64_t j = i + 1;
+        while (j < s->pages && s->slot[j] == s->slot[j - 1] + 1)
+            j++;
+        g_autofree char *cmd = g_strdup_printf("map %" G_GUINT64_FORMAT " %s %" G_GUINT64_FORMAT
+                                               " %" G_GUINT64_FORMAT, s->slot[i], s->export_name,
+                                               s->export_page + i, j - i);
+        g_autofree char *ok = swapstub_control(s->control, cmd, error);
+        if (!ok)
+            return false;
+        r->map_runs++;
+        i = j;
+    }
+    return true;
+}
+
+/* Nothing may have moved: every page still swapped out to the slot that
+ * was registered for it. */
+static bool verify_slots(SwapStub *s, GError **error)
+{
+    g_autofree uint64_t *pm = g_new(uint64_t, s->pages);
+    if (!target_pagemap(&s->t, s->addr, s->pages, pm, error))
+        return false;
+    for (uint64_t i = 0; i < s->pages; i++) {
+        if (!(pm[i] & PM_SWAPPED) || pm_swap_type(pm[i]) != s->type ||
+            pm_swap_offset(pm[i]) != s->slot[i]) {
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                        "page %" G_GUINT64_FORMAT " is no longer swapped out to slot %"
+                        G_GUINT64_FORMAT " after arming (pagemap 0x%" G_GINT64_MODIFIER "x): "
+                        "the region was touched during arming", i, s->slot[i], pm[i]);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Undo a failed arm: every page becomes zero, plain memory. */
+static void disarm(SwapStub *s)
+{
+    g_autoptr(GError) err = NULL;
+    static const unsigned char zero[SS_PAGE * 16];
+    for (uint64_t i = 0; i < s->pages; i += 16) {
+        uint64_t n = MIN((uint64_t)16, s->pages - i);
+        if (!target_write(&s->t, page_addr(s, i), zero, n * SS_PAGE, &err)) {
+            g_warning("undoing the failed arm: %s; the region may still show marker pages: "
+                      "do not run the workload on it", err->message);
+            return;
+        }
+    }
+}
+
+SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GError **error)
+{
+    SwapStubArmReport local = { 0 }, *r = report ? report : &local;
+    memset(r, 0, sizeof *r);
+    r->method = "stock";
+    gint64 t0 = g_get_monotonic_time();
+    SwapDevInfo dev;
+    if (!swapdev_check_zswap(error) || !swapdev_lookup(cfg->device, &dev, error))
+        return NULL;
+    SwapStub *s = swapstub_new(cfg, error);
+    if (!s)
+        return NULL;
+    s->type = dev.type;
+    r->pages = s->pages;
+    if ((dev.total_used_pages + s->pages) * 2 >= dev.total_pages) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_NOSPC,
+                    "arming %" G_GUINT64_FORMAT " pages would leave swap at least half full "
+                    "(%" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " pages used), and then the "
+                    "kernel frees slots on read: make %s at least twice the region plus what "
+                    "is already swapped (setup-swap.sh --size)", s->pages,
+                    dev.total_used_pages, dev.total_pages, cfg->device);
+        goto fail_early;
+    }
+    if (!target_check_private_anon(&s->t, s->addr, s->pages * SS_PAGE, error))
+        goto fail_early;
+    if (target_is_self(&s->t))
+        madvise((void *)(uintptr_t)s->addr, s->pages * SS_PAGE, MADV_NOHUGEPAGE);
+
+    uint64_t markers_before;
+    int64_t baseline = swapdev_swap_cached_pages();
+    uint64_t cookie = g_random_int() & 0xffff;
+    if (!daemon_marker_pages(s, &markers_before, error) || !write_markers(s, cookie, error) ||
+        !target_madvise(&s->t, s->addr, s->pages * SS_PAGE, MADV_PAGEOUT, error) ||
+        !wait_markers_written(s, markers_before, error) || !collect_slots(s, error) ||
+        !evict(s, cfg->max_rounds ? cfg->max_rounds : 8, baseline, false, r, error) ||
+        !register_mapping(s, r, error))
+        goto fail;
+    /* A kernel readahead between the last check and the mapping could have
+     * cached a marker: look again without reading anything (a read would
+     * now pull the page from the source). */
+    if (target_is_self(&s->t)) {
+        if (!evict(s, 3, baseline, true, r, error))
+            goto fail;
+    } else if (!swap_cache_settled(baseline)) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                    "the swap cache did not drain after the mapping went live (SwapCached "
+                    "%" G_GINT64_FORMAT " pages, %" G_GINT64_FORMAT " before arming): is "
+                    "another process swapping? Arm again when swap is quiet",
+                    swapdev_swap_cached_pages(), baseline);
+        goto fail;
+    }
+    if (!verify_slots(s, error))
+        goto fail;
+    r->seconds = (double)(g_get_monotonic_time() - t0) / 1e6;
+    return s;
+
+fail:
+    disarm(s);
+fail_early:
+    swapstub_free(s);
+    return NULL;
+}
+
+SwapStub *swapstub_attach(const SwapStubConfig *cfg, GError **error)
+{
+    SwapDevInfo dev;
+    if (!swapdev_lookup(cfg->device, &dev, error))
+        return NULL;
+    SwapStub *s = swapstub_new(cfg, error);
+    if (!s)
+        return NULL;
+    s->type = dev.type;
+    g_autofree uint64_t *pm = g_new(uint64_t, s->pages);
+    if (!target_pagemap(&s->t, s->addr, s->pages, pm, error)) {
+        swapstub_free(s);
+        return NULL;
+    }
+    for (uint64_t i = 0; i < s->pages; i++) {
+        bool on_dev = (pm[i] & PM_SWAPPED) && pm_swap_type(pm[i]) == s->type;
+        s->slot[i] = on_dev ? pm_swap_offset(pm[i]) : 0;
+        s->converted[i] = !on_dev;
+    }
+    return s;
+}
+
+bool swapstub_kernel_has_madv_swapstub(void)
+{
+    /* mm-patch-madvise is not in this kernel's mainline; its advice value
+     * is probed by the patched kernel's swapstub support (not yet built). */
+    return false;
+}

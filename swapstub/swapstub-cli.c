@@ -1,0 +1,170 @@
+/* swapstub: arm a region of a process (typically a QEMU waiting for an
+ * incoming migration) as swapped out to swapcopy's device, show what it
+ * is doing, and convert it back when the migration is done. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "swapstub.h"
+
+typedef struct {
+    gint pid;
+    char *addr, *len, *control, *device, *export_name;
+    gint64 export_page;
+    gboolean no_wait;
+    gboolean quiet;
+} Args;
+
+static bool parse_u64_arg(const char *what, const char *s, uint64_t *out, GError **error)
+{
+    char *end = NULL;
+    errno = 0;
+    *out = s ? g_ascii_strtoull(s, &end, 0) : 0;
+    if (!s || errno || !end || *end) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "%s: '%s' is not a number (decimal, or hex with 0x)", what, s ? s : "");
+        return false;
+    }
+    return true;
+}
+
+static bool build_config(const Args *a, SwapStubConfig *cfg, bool need_export, GError **error)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->pid = a->pid;
+    cfg->control = a->control;
+    cfg->device = a->device;
+    cfg->export_name = a->export_name ? a->export_name : "-";
+    cfg->export_page = (uint64_t)a->export_page;
+    if (!a->control || !a->device || !a->addr || !a->len || (need_export && !a->export_name)) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                    "needs --addr, --len, --control and --device%s (see --help)",
+                    need_export ? " and --export" : "");
+        return false;
+    }
+    return parse_u64_arg("--addr", a->addr, &cfg->addr, error) &&
+           parse_u64_arg("--len", a->len, &cfg->len, error);
+}
+
+static void print_progress(void *opaque, uint64_t done, uint64_t total, double mib_s,
+                           double eta_s)
+{
+    if (*(gboolean *)opaque)
+        return;
+    fprintf(stderr, "\rswapstub: converted %" G_GUINT64_FORMAT "/%" G_GUINT64_FORMAT
+            " pages (%.0f%%), %.1f MiB/s, ETA %.1f s   ", done, total,
+            100.0 * (double)done / (double)total, mib_s, eta_s);
+    if (done == total)
+        fputc('\n', stderr);
+}
+
+static int cmd_arm(const Args *a, GError **error)
+{
+    SwapStubConfig cfg;
+    SwapStubArmReport r;
+    if (!build_config(a, &cfg, true, error))
+        return 1;
+    SwapStub *s = swapstub_arm(&cfg, &r, error);
+    if (!s)
+        return 1;
+    printf("armed pages=%" G_GUINT64_FORMAT " map_runs=%" G_GUINT64_FORMAT " rounds=%u "
+           "cached_after_first_pageout=%" G_GUINT64_FORMAT " method=%s seconds=%.3f\n",
+           r.pages, r.map_runs, r.rounds, r.still_cached_first, r.method, r.seconds);
+    swapstub_free(s);
+    return 0;
+}
+
+static int cmd_finish(const Args *a, GError **error)
+{
+    SwapStubConfig cfg;
+    if (!build_config(a, &cfg, false, error))
+        return 1;
+    SwapStub *s = swapstub_attach(&cfg, error);
+    if (!s)
+        return 1;
+    gboolean quiet = a->quiet;
+    bool ok = swapstub_finish(s, !a->no_wait, print_progress, &quiet, error);
+    if (ok)
+        printf("finished pages=%" G_GUINT64_FORMAT "\n", swapstub_pages(s));
+    swapstub_free(s);
+    return ok ? 0 : 1;
+}
+
+static int cmd_status(const Args *a, GError **error)
+{
+    if (!a->control) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED, "status needs --control");
+        return 1;
+    }
+    g_autofree char *st = swapstub_control(a->control, "status", error);
+    if (!st)
+        return 1;
+    printf("daemon %s\n", st);
+    if (a->addr && a->len && a->device) {
+        SwapStubConfig cfg;
+        if (!build_config(a, &cfg, false, error))
+            return 1;
+        SwapStub *s = swapstub_attach(&cfg, error);
+        if (!s)
+            return 1;
+        int64_t on = swapstub_pages_on_device(s, error);
+        if (on >= 0)
+            printf("region pages=%" G_GUINT64_FORMAT " on_device=%" G_GINT64_FORMAT
+                   " plain=%" G_GINT64_FORMAT "\n", swapstub_pages(s), on,
+                   (int64_t)swapstub_pages(s) - on);
+        swapstub_free(s);
+        if (on < 0)
+            return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    Args a = { 0 };
+    GOptionEntry entries[] = {
+        { "pid", 0, 0, G_OPTION_ARG_INT, &a.pid, "Process owning the region", "PID" },
+        { "addr", 0, 0, G_OPTION_ARG_STRING, &a.addr, "Start address of the region", "ADDR" },
+        { "len", 0, 0, G_OPTION_ARG_STRING, &a.len, "Length in bytes", "LEN" },
+        { "control", 0, 0, G_OPTION_ARG_FILENAME, &a.control, "nbd-pagesrv control socket", "PATH" },
+        { "device", 0, 0, G_OPTION_ARG_FILENAME, &a.device, "The swapcopy swap device", "DEV" },
+        { "export", 0, 0, G_OPTION_ARG_STRING, &a.export_name,
+          "Source export holding the region (e.g. mem)", "NAME" },
+        { "export-page", 0, 0, G_OPTION_ARG_INT64, &a.export_page,
+          "Export page of the region's first page (default 0)", "N" },
+        { "no-wait", 0, 0, G_OPTION_ARG_NONE, &a.no_wait,
+          "finish: do not wait for every page to be local first", NULL },
+        { "quiet", 'q', 0, G_OPTION_ARG_NONE, &a.quiet, "No progress line", NULL },
+        { NULL, 0, 0, 0, NULL, NULL, NULL },
+    };
+    g_autoptr(GError) error = NULL;
+    g_autoptr(GOptionContext) ctx = g_option_context_new("arm|finish|status - swapcopy's region tool");
+    g_option_context_add_main_entries(ctx, entries, NULL);
+    g_option_context_set_description(ctx,
+        "  arm     set the region up as swapped out to DEV, backed by EXPORT on the source\n"
+        "  finish  wait until every page is local, then convert the region back\n"
+        "  status  show the daemon's progress (and the region's, given --addr/--len/--device)\n"
+        "Documentation: docs/swapstub.md");
+    if (!g_option_context_parse(ctx, &argc, &argv, &error) || argc != 2) {
+        fprintf(stderr, "swapstub: %s\n", error ? error->message
+                                                 : "give one command: arm, finish or status");
+        return 2;
+    }
+    int rc;
+    if (strcmp(argv[1], "arm") == 0)
+        rc = cmd_arm(&a, &error);
+    else if (strcmp(argv[1], "finish") == 0)
+        rc = cmd_finish(&a, &error);
+    else if (strcmp(argv[1], "status") == 0)
+        rc = cmd_status(&a, &error);
+    else {
+        fprintf(stderr, "swapstub: unknown command '%s' (arm, finish, status)\n", argv[1]);
+        return 2;
+    }
+    if (rc)
+        fprintf(stderr, "swapstub %s: %s\n", argv[1], error ? error->message : "failed");
+    g_free(a.addr); g_free(a.len); g_free(a.control); g_free(a.device); g_free(a.export_name);
+    return rc;
+}

@@ -1,0 +1,78 @@
+/* libswapstub: set a private anonymous memory region up as if it had been
+ * swapped out to swapcopy's swap device (nbd-pagesrv), so that the
+ * kernel's own swap-in pulls each page from the migration source on first
+ * touch; and convert it back to plain anonymous memory afterwards.
+ *
+ * The one public header. All functions report failure through GError with
+ * a message that names what failed, on what, and what to do. */
+#ifndef SWAPSTUB_H
+#define SWAPSTUB_H
+
+#include <glib.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct SwapStub SwapStub;
+
+typedef struct {
+    pid_t pid;                 /* process owning the region; 0 = this process */
+    uint64_t addr;             /* page-aligned start of a private anonymous range */
+    uint64_t len;              /* bytes, multiple of 4096 */
+    const char *control;       /* nbd-pagesrv's control socket */
+    const char *device;        /* the swap device it serves (as /proc/swaps names it) */
+    const char *export_name;   /* source export holding the region's content */
+    uint64_t export_page;      /* export page that holds the region's first page */
+    unsigned max_rounds;       /* eviction rounds before giving up; 0 = 8 */
+} SwapStubConfig;
+
+typedef struct {
+    uint64_t pages;
+    uint64_t map_runs;             /* map commands sent (runs of consecutive slots) */
+    unsigned rounds;               /* eviction rounds needed */
+    uint64_t still_cached_first;   /* pages still in the swap cache after the first pageout */
+    const char *method;            /* "stock" or "madv_swapstub" */
+    double seconds;
+} SwapStubArmReport;
+
+/* Progress of a long operation: pages done of total, rate, time left. */
+typedef void (*SwapStubProgress)(void *opaque, uint64_t done, uint64_t total, double mib_s,
+                                 double eta_s);
+
+/* Arm: markers, pageout, check every page went to cfg->device, evict the
+ * swap cache, register the slot <-> page mapping with nbd-pagesrv, verify.
+ * On failure the region is left as plain memory whose every page reads as
+ * a recognisable marker (never source data that could be mistaken for the
+ * guest's); the caller must not run the workload on it. */
+SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GError **error);
+
+/* Take hold of a region armed earlier (by another swapstub invocation):
+ * reads the slots from pagemap. Pages not on the device count as
+ * converted. */
+SwapStub *swapstub_attach(const SwapStubConfig *cfg, GError **error);
+
+/* Convert pages whose content is already local in nbd-pagesrv back to
+ * plain memory (at most max_pages; 0 = no limit). Returns the number
+ * converted, or -1 with *error set. Safe while the workload runs. */
+int64_t swapstub_convert_local(SwapStub *s, uint64_t max_pages, GError **error);
+
+/* Finish: optionally wait until nbd-pagesrv has every page, then swap
+ * every page in (MADV_POPULATE_WRITE for this process, read faults for
+ * another, whose slots `swapoff` then releases) and verify that no page
+ * of the region still refers to the device. */
+bool swapstub_finish(SwapStub *s, bool wait_all_local, SwapStubProgress progress,
+                     void *opaque, GError **error);
+
+/* Pages of the region still swapped out to the device (from pagemap). */
+int64_t swapstub_pages_on_device(SwapStub *s, GError **error);
+uint64_t swapstub_pages(const SwapStub *s);
+void swapstub_free(SwapStub *s);
+
+/* True if the running kernel offers MADV_SWAPSTUB (mm-patch-madvise). */
+bool swapstub_kernel_has_madv_swapstub(void);
+
+/* Send one line to an nbd-pagesrv control socket; returns its JSON answer
+ * (NULL with *error set on failure or {"error":...}). */
+char *swapstub_control(const char *control, const char *line, GError **error);
+
+#endif

@@ -1,0 +1,35 @@
+/* Memory operations on the process that owns a region: direct calls for
+ * this process, process_vm_{read,write}v and process_madvise for another. */
+#ifndef SWAPSTUB_TARGET_H
+#define SWAPSTUB_TARGET_H
+
+#include <glib.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct {
+    pid_t pid;           /* 0: ourselves */
+    int pidfd;           /* -1 for ourselves */
+    int pagemap_fd;
+} Target;
+
+bool target_open(Target *t, pid_t pid, GError **error);
+void target_close(Target *t);
+static inline bool target_is_self(const Target *t) { return t->pid == 0; }
+
+bool target_write(Target *t, uint64_t addr, const void *buf, size_t len, GError **error);
+bool target_read(Target *t, uint64_t addr, void *buf, size_t len, GError **error);
+/* MADV_PAGEOUT on any target; other advice only on ourselves. */
+bool target_madvise(Target *t, uint64_t addr, size_t len, int advice, GError **error);
+/* One /proc/PID/pagemap entry per page. */
+bool target_pagemap(Target *t, uint64_t addr, size_t pages, uint64_t *out, GError **error);
+/* Check [addr, addr+len) lies in one private, writable, anonymous mapping. */
+bool target_check_private_anon(Target *t, uint64_t addr, uint64_t len, GError **error);
+
+#define PM_PRESENT (UINT64_C(1) << 63)
+#define PM_SWAPPED (UINT64_C(1) << 62)
+static inline unsigned pm_swap_type(uint64_t e) { return (unsigned)(e & 0x1f); }
+static inline uint64_t pm_swap_offset(uint64_t e) { return (e >> 5) & ((UINT64_C(1) << 50) - 1); }
+
+#endif
