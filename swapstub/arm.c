@@ -229,11 +229,17 @@ static bool swap_cache_settled(int64_t baseline)
     return false;
 }
 
+/* Pages still under writeback cannot leave the swap cache yet (the device
+ * acknowledged them, but the kernel may not have finished completing the
+ * I/O): retry with growing pauses until the time budget is spent. */
 static bool evict(SwapStub *s, unsigned max_rounds, int64_t baseline, bool mapped,
                   SwapStubArmReport *r, GError **error)
 {
-    for (unsigned round = 1; round <= max_rounds; round++) {
-        int64_t cached = target_is_self(&s->t) ? evict_self(s, error) : evict_remote(s, error);
+    gint64 deadline = g_get_monotonic_time() + (gint64)max_rounds * G_USEC_PER_SEC;
+    gulong pause = 1000;
+    int64_t cached = 0;
+    for (unsigned round = 1;; round++) {
+        cached = target_is_self(&s->t) ? evict_self(s, error) : evict_remote(s, error);
         if (cached < 0)
             return false;
         if (round == 1 && !mapped)
@@ -242,10 +248,15 @@ static bool evict(SwapStub *s, unsigned max_rounds, int64_t baseline, bool mappe
             r->rounds = round;
         if (target_is_self(&s->t) ? cached == 0 : (cached == 0 && swap_cache_settled(baseline)))
             return true;
+        if (g_get_monotonic_time() > deadline)
+            break;
+        g_usleep(pause);
+        pause = MIN(pause * 2, 200000ul);
     }
     g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
-                "pages of the region were still in the swap cache after %u eviction rounds "
-                "(is something else swapping heavily, or is the region locked?)", max_rounds);
+                "%" G_GINT64_FORMAT " pages of the region were still in the swap cache after "
+                "%u s of eviction rounds (is something else swapping heavily, or is the region "
+                "locked?)", cached, max_rounds);
     return false;
 }
 
@@ -336,7 +347,7 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
     if (!daemon_marker_pages(s, &markers_before, error) || !write_markers(s, cookie, error) ||
         !target_madvise(&s->t, s->addr, s->pages * SS_PAGE, MADV_PAGEOUT, error) ||
         !wait_markers_written(s, markers_before, error) || !collect_slots(s, error) ||
-        !evict(s, cfg->max_rounds ? cfg->max_rounds : 8, baseline, false, r, error) ||
+        !evict(s, cfg->evict_seconds ? cfg->evict_seconds : 10, baseline, false, r, error) ||
         !register_mapping(s, r, error))
         goto fail;
     /* A kernel readahead between the last check and the mapping could have

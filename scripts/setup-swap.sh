@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# setup-swap.sh: on the migration destination, start nbd-pagesrv pulling
+# from the source, attach its export as a block device and make it the
+# highest-priority swap device. Prints shell-readable KEY=VALUE lines:
+#   NAME= STATE= DEVICE= SOCKET= CONTROL= PID= SIZE=
+# Undo everything with: scripts/teardown-swap.sh --name NAME
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib/blockdev.sh
+. "$here/lib/blockdev.sh"
+
+usage() {
+    cat <<USAGE
+Usage: setup-swap.sh --src HOST:PORT [--name NAME] [--size SIZE] [--state-dir DIR]
+                     [--pagesrv PATH] [--fault-timeout SECS]
+
+  --src HOST:PORT     the migration source's nbd-pagesrv (--export ... --listen)
+  --name NAME         name of this swap device (default: swapcopy)
+  --size SIZE         device size (default: twice the source's exports plus what
+                      is already swapped, so swap stays under half full)
+  --state-dir DIR     where sockets, logs and state live (default: /run/swapcopy)
+USAGE
+}
+
+die() { echo "setup-swap: $*" >&2; exit 1; }
+
+src="" name=swapcopy size="" state_root=/run/swapcopy fault_timeout=""
+pagesrv=${SWAPCOPY_BUILD:-$here/../build}/nbd-pagesrv
+[ -x "$pagesrv" ] || pagesrv=$(command -v nbd-pagesrv || true)
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --src) src=$2; shift 2 ;;
+        --name) name=$2; shift 2 ;;
+        --size) size=$2; shift 2 ;;
+        --state-dir) state_root=$2; shift 2 ;;
+        --pagesrv) pagesrv=$2; shift 2 ;;
+        --fault-timeout) fault_timeout=$2; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument '$1'" ;;
+    esac
+done
+
+[ -n "$src" ] || { usage >&2; die "--src HOST:PORT is required"; }
+[[ "$name" =~ ^[A-Za-z0-9_.-]+$ ]] || die "--name '$name' may only use letters, digits, _ . -"
+[ "$(id -u)" = 0 ] || die "must run as root (swapon, losetup and FUSE need it)"
+[ -n "$pagesrv" ] && [ -x "$pagesrv" ] || die "nbd-pagesrv not found: run 'make' or pass --pagesrv PATH"
+if [ -r /sys/module/zswap/parameters/enabled ] && grep -qi '^[y1]' /sys/module/zswap/parameters/enabled; then
+    die "zswap is enabled: swapped-out pages would stay compressed in RAM and never reach the device; disable it: echo N > /sys/module/zswap/parameters/enabled"
+fi
+state=$state_root/$name
+if [ -e "$state" ]; then
+    if [ -f "$state/pagesrv.pid" ] && kill -0 "$(cat "$state/pagesrv.pid")" 2>/dev/null; then
+        die "a swap device named '$name' is already set up ($state); use another --name or run teardown-swap.sh --name $name"
+    fi
+    die "$state is left over from an earlier run; clean it with: teardown-swap.sh --name $name"
+fi
+# Our device must get every page: no other device at the same or higher priority.
+while read -r dev _ _ _ prio; do
+    [ "$dev" = Filename ] && continue
+    if [ "$prio" -ge 32767 ]; then
+        die "swap device $dev already has priority $prio; swapcopy needs the highest (32767) alone: swapoff it or lower its priority"
+    fi
+done </proc/swaps
+
+if [ -z "$size" ]; then
+    # Twice (exports + what is already swapped), so that arming keeps every
+    # device's total under half full (kernel-facts.md, point 6).
+    exports=$(nbdinfo --json --list "nbd://${src%:*}:${src##*:}" 2>/dev/null |
+              python3 -c 'import json,sys; print(sum(e["export-size"] for e in json.load(sys.stdin)["exports"]))') ||
+        die "cannot list the exports of the source $src: is 'nbd-pagesrv --export NAME=FILE --listen $src' running there?"
+    used_kb=$(awk 'NR>1 {u+=$4} END {print u+0}' /proc/swaps)
+    size=$(( (2 * (exports + used_kb * 1024) + (64 << 20)) / 1048576 * 1048576 ))
+fi
+
+mkdir -p "$state"
+cleanup_on_error() {
+    echo "setup-swap: failed; undoing what was set up" >&2
+    "$here/teardown-swap.sh" --name "$name" --state-dir "$state_root" >&2 || true
+}
+trap cleanup_on_error ERR
+
+sock=$state/nbd.sock ctl=$state/ctl.sock
+args=(--size "$size" --socket "$sock" --control "$ctl" --src "$src")
+[ -n "$fault_timeout" ] && args+=(--fault-timeout "$fault_timeout")
+setsid "$pagesrv" "${args[@]}" >"$state/pagesrv.log" 2>&1 </dev/null &
+echo $! >"$state/pagesrv.pid"
+for _ in $(seq 100); do
+    [ -S "$ctl" ] && break
+    kill -0 "$(cat "$state/pagesrv.pid")" 2>/dev/null || break
+    sleep 0.1
+done
+if [ ! -S "$ctl" ]; then
+    cat "$state/pagesrv.log" >&2
+    false   # triggers the ERR trap
+fi
+
+device=$(blockdev_attach "$sock" "$state")
+echo "$device" >"$state/device"
+mkswap -L "swapcopy-$name" "$device" >/dev/null
+swapon -p 32767 --discard=pages "$device"
+touch "$state/swapon"
+trap - ERR
+
+cat <<OUT
+NAME=$name
+STATE=$state
+DEVICE=$device
+SOCKET=$sock
+CONTROL=$ctl
+PID=$(cat "$state/pagesrv.pid")
+SIZE=$size
+OUT

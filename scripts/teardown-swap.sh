@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# teardown-swap.sh: undo setup-swap.sh (swapoff, detach the block device,
+# stop nbd-pagesrv, remove the state directory). Idempotent; works after a
+# crash of any part, doing what is left to do.
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib/blockdev.sh
+. "$here/lib/blockdev.sh"
+
+name=swapcopy state_root=/run/swapcopy
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --name) name=$2; shift 2 ;;
+        --state-dir) state_root=$2; shift 2 ;;
+        -h|--help) echo "Usage: teardown-swap.sh [--name NAME] [--state-dir DIR]"; exit 0 ;;
+        *) echo "teardown-swap: unknown argument '$1'" >&2; exit 2 ;;
+    esac
+done
+state=$state_root/$name
+[ -d "$state" ] || { echo "teardown-swap: nothing set up under $state"; exit 0; }
+rc=0
+
+if [ -f "$state/device" ]; then
+    device=$(cat "$state/device")
+    if awk 'NR>1 {print $1}' /proc/swaps | grep -qx "$(readlink -f "$device")"; then
+        # swapoff reads every page still on the device back into memory:
+        # it needs nbd-pagesrv alive for pages not yet local.
+        if ! swapoff "$device"; then
+            echo "teardown-swap: swapoff $device failed: pages still on it could not be read back (is nbd-pagesrv running? see $state/pagesrv.log); leaving the device attached" >&2
+            exit 1
+        fi
+    fi
+fi
+rm -f "$state/swapon"
+blockdev_detach "$state" || rc=1
+
+if [ -f "$state/pagesrv.pid" ]; then
+    pid=$(cat "$state/pagesrv.pid")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "teardown-swap: nbd-pagesrv ($pid) ignored SIGTERM; killing it" >&2
+            kill -KILL "$pid" 2>/dev/null
+        fi
+    fi
+fi
+if [ "$rc" = 0 ]; then
+    rm -rf "$state"
+    rmdir "$state_root" 2>/dev/null || true
+fi
+exit $rc
