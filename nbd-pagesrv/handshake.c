@@ -141,11 +141,13 @@ static OptResult opt_list(Connection *c, uint32_t len)
     return send_reply(c, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0) ? OPT_CONTINUE : OPT_CLOSE;
 }
 
-static bool query_matches_base_allocation(const unsigned char *q, uint32_t n)
+static bool query_matches_base_allocation(const unsigned char *q, uint32_t n, bool set)
 {
     static const char ctx[] = NBD_META_BASE_ALLOCATION;
-    /* "base:" asks for every context of the namespace. */
-    return (n == strlen(ctx) && memcmp(q, ctx, n) == 0) || (n == 5 && memcmp(q, "base:", 5) == 0);
+    /* "base:" lists every context of the namespace, but the spec says SET
+     * must ignore that form: a client selects contexts by full name. */
+    return (n == strlen(ctx) && memcmp(q, ctx, n) == 0) ||
+           (!set && n == 5 && memcmp(q, "base:", 5) == 0);
 }
 
 /* NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT. We know one
@@ -173,7 +175,7 @@ static OptResult opt_meta_context(Connection *c, uint32_t opt, const unsigned ch
                               "the end of the option payload", i)
                        ? OPT_CONTINUE : OPT_CLOSE;
         uint32_t qlen = get_be32(p);
-        if (query_matches_base_allocation(p + 4, qlen))
+        if (query_matches_base_allocation(p + 4, qlen, set))
             want = true;
         p += 4 + qlen;
     }

@@ -143,20 +143,19 @@ static void reply_block_status(Connection *c, const Request *r, GArray *ext)
     account(c, r, 0);
 }
 
+/* FUA is allowed on every command (proto.md: clients are known to set it
+ * on others, and the server must accept it, if only by ignoring it). */
 static uint16_t allowed_flags(const Connection *c, uint16_t type)
 {
     switch (type) {
     case NBD_CMD_READ:
-        return c->structured ? NBD_CMD_FLAG_DF : 0;
-    case NBD_CMD_WRITE:
-    case NBD_CMD_TRIM:
-        return NBD_CMD_FLAG_FUA;
+        return NBD_CMD_FLAG_FUA | (c->structured ? NBD_CMD_FLAG_DF : 0);
     case NBD_CMD_WRITE_ZEROES:
         return NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
     case NBD_CMD_BLOCK_STATUS:
-        return NBD_CMD_FLAG_REQ_ONE;
+        return NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE;
     default:
-        return 0;
+        return NBD_CMD_FLAG_FUA;
     }
 }
 
