@@ -97,7 +97,8 @@ fi
 
 device=$(blockdev_attach "$sock" "$state")
 echo "$device" >"$state/device"
-mkswap -L "swapcopy-$name" "$device" >/dev/null
+label=sc-$name
+mkswap -L "${label:0:16}" "$device" >/dev/null
 swapon -p 32767 --discard=pages "$device"
 touch "$state/swapon"
 trap - ERR

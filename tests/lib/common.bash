@@ -74,3 +74,11 @@ v=json.load(sys.stdin)
 for k in sys.argv[1].split("."): v=v[k]
 print(v)' "$1"
 }
+
+# stat_field_of CONTROL JSONPATH: like stat_field, for another control socket.
+stat_field_of() {
+    "$PAGESRV_CTL" "$1" stats | python3 -c 'import json,sys
+v=json.load(sys.stdin)
+for k in sys.argv[1].split("."): v=v[k]
+print(v)' "$2"
+}

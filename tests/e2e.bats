@@ -1,0 +1,101 @@
+#!/usr/bin/env bats
+# The end-to-end proof of issue 4: a process's memory migrated lazily
+# through the kernel's own swap path, nbd-pagesrv pulling from a source
+# on loopback. Needs root (swap, loop, FUSE).
+
+load lib/common
+load lib/migration
+
+setup() {
+    [ "$(id -u)" = 0 ] || { echo "these tests need root (swapon, losetup, FUSE)" >&2; return 1; }
+    BEFORE=$(machine_state)
+}
+
+teardown() {
+    run_deferred
+    [ "$(machine_state)" = "$BEFORE" ] || { echo "left behind:"; machine_state; false; }
+}
+
+@test "lazy migration of a process: every page is the source's, and finish converts back" {
+    source_start 64
+    swap_setup
+    run "$TESTBIN/e2e-workload" --control "$CONTROL" --device "$DEVICE" --export mem --mib 64 --sums "$SUMS"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"RESULT: PASS"* ]]
+    [[ "$output" == *"wrong=0"* ]]
+    st=$("$PAGESRV_CTL" "$CONTROL" status)
+    [ "$(json_get "$st" state)" = complete ]
+    [ "$(json_get "$st" pages.total)" -eq 16384 ]
+    [ "$(json_get "$st" bytes_fetched)" -gt 0 ]
+    # After finish no page of the region is on the device: "Used" is back to 0.
+    used=$(awk -v d="$(readlink -f "$DEVICE")" '$1 == d {print $4}' /proc/swaps)
+    [ "$used" -eq 0 ]
+}
+
+@test "pages swapped out again while postcopy runs come back intact" {
+    source_start 64
+    swap_setup
+    run "$TESTBIN/e2e-workload" --control "$CONTROL" --device "$DEVICE" --export mem --mib 64 --sums "$SUMS" --pressure --seed 3
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"pressure: touched pages paged out again"* ]]
+    [[ "$output" == *"RESULT: PASS"* ]]
+    # Modified pages really went back to the device as writes.
+    [ "$(stat_field_of "$CONTROL" requests.write)" -gt 0 ]
+}
+
+@test "with background streaming off, every page arrives by demand fault through the kernel" {
+    source_start 32
+    swap_setup
+    "$PAGESRV_CTL" "$CONTROL" policy background off >/dev/null
+    run "$TESTBIN/e2e-workload" --control "$CONTROL" --device "$DEVICE" --export mem --mib 32 --sums "$SUMS" --no-convert
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"RESULT: PASS"* ]]
+    st=$("$PAGESRV_CTL" "$CONTROL" status)
+    [ "$(json_get "$st" pages.streamed)" -eq 0 ]
+    [ "$(json_get "$st" pages.demand)" -gt 0 ]
+}
+
+@test "swapstub arm --pid: another process's memory, armed from outside, reads the source's pages" {
+    source_start 32
+    swap_setup
+    coproc HOLD { exec "$TESTBIN/hold-region" --mib 32 --sums "$SUMS"; }
+    hold_pid=$HOLD_PID
+    defer kill_wait "$hold_pid"
+    read -r line <&"${HOLD[0]}"
+    addr=${line#ADDR=}; addr=${addr%% *}; len=${line##*LEN=}
+    run "$SWAPCOPY_BUILD/swapstub" arm --pid "$hold_pid" --addr "$addr" --len "$len" \
+        --control "$CONTROL" --device "$DEVICE" --export mem
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"armed pages=8192"* ]]
+    run "$SWAPCOPY_BUILD/swapstub" status --control "$CONTROL" --pid "$hold_pid" --addr "$addr" --len "$len" --device "$DEVICE"
+    echo "$output"
+    [[ "$output" == *"region pages=8192"* ]]
+    kill -USR1 "$hold_pid"
+    read -r check <&"${HOLD[0]}"
+    echo "$check"
+    wait "$hold_pid"
+    [ "$check" = "CHECK verified=8192 wrong=0 pages=8192" ]
+}
+
+@test "swapstub refuses shared memory, a device that is not swap, and says why" {
+    source_start 16
+    swap_setup
+    coproc HOLD { exec "$TESTBIN/hold-region" --mib 16 --shared; }
+    hold_pid=$HOLD_PID
+    defer kill_wait "$hold_pid"
+    read -r line <&"${HOLD[0]}"
+    addr=${line#ADDR=}; addr=${addr%% *}; len=${line##*LEN=}
+    run "$SWAPCOPY_BUILD/swapstub" arm --pid "$hold_pid" --addr "$addr" --len "$len" \
+        --control "$CONTROL" --device "$DEVICE" --export mem
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"only private anonymous read-write memory can be armed"* ]]
+    run "$SWAPCOPY_BUILD/swapstub" arm --pid "$hold_pid" --addr "$addr" --len "$len" \
+        --control "$CONTROL" --device /dev/null --export mem
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"not an active swap device"* ]]
+}
