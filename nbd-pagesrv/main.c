@@ -161,13 +161,14 @@ static bool add_source_exports(App *app, GError **error)
     return true;
 }
 
-/* --exit-when-idle: a source is done once its destination, having
- * connected, has every page and hangs up. */
+/* --exit-when-idle: a source is done once its destination, having read
+ * from it, has every page and hangs up. Connections that read nothing
+ * (probes listing the exports) do not count. */
 static gboolean check_idle(gpointer data)
 {
     App *app = data;
     ServerStats *s = &app->server.stats;
-    if (__atomic_load_n(&s->connections_total, __ATOMIC_RELAXED) > 0 &&
+    if (__atomic_load_n(&s->requests[NBD_CMD_READ], __ATOMIC_RELAXED) > 0 &&
         __atomic_load_n(&s->connections_current, __ATOMIC_RELAXED) == 0) {
         g_message("every client has disconnected: exiting (--exit-when-idle)");
         g_main_loop_quit(app->loop);
@@ -227,7 +228,7 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
         { "fault-timeout", 0, 0, G_OPTION_ARG_DOUBLE, &app->fault_timeout_s,
           "Seconds a read waits for a missing page before EIO (default: 60)", "SECS" },
         { "exit-when-idle", 0, 0, G_OPTION_ARG_NONE, &app->exit_when_idle,
-          "Exit once clients have come and all gone (a source whose destination is done)", NULL },
+          "Exit once clients have read and all gone (a source whose destination is done)", NULL },
         { "control", 0, 0, G_OPTION_ARG_FILENAME, &app->control_path,
           "Control socket (statistics, mappings; see docs/control-protocol.md)", "PATH" },
         { "stats-interval", 0, 0, G_OPTION_ARG_INT, &app->stats_interval,
