@@ -1,0 +1,69 @@
+# A source and a destination QEMU for migration tests. Load after lib/common.
+#
+# qemu_pair_start MIB [GUEST ARGS...]: source with its RAM block 'mem' in a
+# shared file (/dev/shm), destination with private anonymous RAM waiting
+# on -incoming defer. Sets SRC_QMP DST_QMP SRC_RAM SRC_QPID DST_QPID and
+# SRC_SERIAL DST_SERIAL (serial output files). Both are killed, and the RAM
+# file removed, at teardown.
+
+qemu_common_args() {
+    echo -accel tcg -m "$1M" -machine pc,memory-backend=mem -display none -nodefaults \
+        -no-reboot
+}
+
+_qemu_start() {   # name pidvar extra...
+    local name=$1 pidvar=$2; shift 2
+    qemu-system-x86_64 "$@" -qmp "unix:$BATS_TEST_TMPDIR/$name.qmp,server=on,wait=off" \
+        -pidfile "$BATS_TEST_TMPDIR/$name.pid" -daemonize \
+        >"$BATS_TEST_TMPDIR/$name.log" 2>&1 || { cat "$BATS_TEST_TMPDIR/$name.log" >&2; return 1; }
+    printf -v "$pidvar" '%s' "$(cat "$BATS_TEST_TMPDIR/$name.pid")"
+    defer kill_wait_any "$(cat "$BATS_TEST_TMPDIR/$name.pid")"
+}
+
+# kill_wait_any PID: like kill_wait for a process that is not our child.
+kill_wait_any() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for (( i=0; i<50; i++ )); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+    for (( i=0; i<50; i++ )); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    return 0
+}
+
+qemu_pair_start() {
+    local mib=$1; shift
+    SRC_RAM=/dev/shm/swapcopy-test-$$-$BATS_TEST_NUMBER.ram
+    defer rm -f "$SRC_RAM"
+    SRC_QMP=$BATS_TEST_TMPDIR/src.qmp DST_QMP=$BATS_TEST_TMPDIR/dst.qmp
+    SRC_SERIAL=$BATS_TEST_TMPDIR/src.serial DST_SERIAL=$BATS_TEST_TMPDIR/dst.serial
+    # shellcheck disable=SC2046
+    _qemu_start src SRC_QPID $(qemu_common_args "$mib") \
+        -object "memory-backend-file,id=mem,size=${mib}M,mem-path=$SRC_RAM,share=on" \
+        -serial "file:$SRC_SERIAL" "$@" || return 1
+    # shellcheck disable=SC2046
+    _qemu_start dst DST_QPID $(qemu_common_args "$mib") \
+        -object "memory-backend-ram,id=mem,size=${mib}M" \
+        -serial "file:$DST_SERIAL" -incoming defer "$@" || return 1
+    wait_for test -S "$SRC_QMP" && wait_for test -S "$DST_QMP"
+}
+
+# qmp SOCKET COMMAND [JSON-ARGS]: run one QMP command, print its return value.
+qmp() {
+    python3 - "$@" <<'PY'
+import json, os, sys
+sys.path.insert(0, os.environ["SWAPCOPY_SRC"] + "/scripts")
+from qmp import QMP
+q = QMP(sys.argv[1])
+args = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+print(json.dumps(q.cmd(sys.argv[2], **args)))
+PY
+}
+
+# swapcopy_migrate ARGS...: scripts/swapcopy-migrate between the pair.
+swapcopy_migrate() {
+    "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --src-qmp "$SRC_QMP" --dst-qmp "$DST_QMP" \
+        --name "t$$-$BATS_TEST_NUMBER" --state-dir "$BATS_TEST_TMPDIR/run" \
+        --source-listen "127.0.0.1:$(( 20000 + RANDOM % 20000 ))" \
+        --migrate-uri "tcp:127.0.0.1:$(( 40000 + RANDOM % 20000 ))" \
+        --json "$BATS_TEST_TMPDIR/summary.json" "$@"
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bats
+# Issue 5, part 1: a real QEMU guest (Debian's stock qemu-system-x86 7.2,
+# TCG) migrated through swapcopy with scripts/swapcopy-migrate.
+
+load lib/common
+load lib/migration
+load lib/qemu
+
+setup() {
+    [ "$(id -u)" = 0 ] || { echo "needs root" >&2; return 1; }
+    BEFORE=$(machine_state)
+}
+
+teardown() {
+    run_deferred
+    [ "$(machine_state)" = "$BEFORE" ] || { echo "left behind:"; machine_state; false; }
+}
+
+@test "stock QEMU, paused source: the destination's RAM is the source's, byte for byte" {
+    qemu_pair_start 128
+    sleep 1   # let the firmware write something into RAM
+    qmp "$SRC_QMP" stop
+    run swapcopy_migrate
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"swapcopy migration summary"* ]]
+    # The destination stays paused like the source, so its RAM must be
+    # exactly what the source had.
+    [ "$(qmp "$DST_QMP" query-status | json_get "$(cat)" status)" = paused ]
+    qmp "$DST_QMP" pmemsave '{"val":0,"size":134217728,"filename":"'"$BATS_TEST_TMPDIR/dst.ram"'"}'
+    cmp "$BATS_TEST_TMPDIR/dst.ram" "$SRC_RAM"
+    s=$(cat "$BATS_TEST_TMPDIR/summary.json")
+    [ "$(json_get "$s" pages.total)" -eq 32768 ]
+    [ "$(json_get "$s" pages.local)" -eq 32768 ]
+}
+
+@test "stock QEMU, running source: migration completes and the destination runs" {
+    qemu_pair_start 128
+    run swapcopy_migrate
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$(qmp "$DST_QMP" query-status | json_get "$(cat)" status)" = running ]
+    [ "$(qmp "$SRC_QMP" query-status | json_get "$(cat)" status)" = postmigrate ]
+    s=$(cat "$BATS_TEST_TMPDIR/summary.json")
+    [ "$(json_get "$s" downtime_ms)" -ge 0 ]
+}
+
+@test "stock QEMU: a mismatched destination is refused before anything changes" {
+    SRC_RAM=/dev/shm/swapcopy-test-$$-$BATS_TEST_NUMBER.ram
+    defer rm -f "$SRC_RAM"
+    SRC_QMP=$BATS_TEST_TMPDIR/src.qmp DST_QMP=$BATS_TEST_TMPDIR/dst.qmp
+    _qemu_start src SRC_QPID $(qemu_common_args 128) \
+        -object "memory-backend-file,id=mem,size=128M,mem-path=$SRC_RAM,share=on"
+    _qemu_start dst DST_QPID -accel tcg -m 64M -machine pc,memory-backend=mem -display none \
+        -nodefaults -object memory-backend-ram,id=mem,size=64M -incoming defer
+    wait_for test -S "$DST_QMP"
+    run swapcopy_migrate
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"134217728 bytes on the source but 67108864 on the destination"* ]]
+    [ "$(qmp "$SRC_QMP" query-status | json_get "$(cat)" status)" = running ]
+}
