@@ -274,11 +274,22 @@ int main(int argc, char **argv)
     bool all_touched = true;
     for (uint64_t i = 0; i < w.pages; i++)
         all_touched &= w.touched[i];
-    if (w.wrong || !all_touched) {
+    bool pass = !w.wrong && all_touched;
+    if (pass)
+        printf("RESULT: PASS every page verified\n");
+    else
         printf("RESULT: FAIL (%" G_GUINT64_FORMAT " wrong pages)\n", w.wrong);
-        return 1;
-    }
-    printf("RESULT: PASS every page verified\n");
     swapstub_free(s);
-    return 0;
+    g_rand_free(rng);
+    g_mutex_clear(&conv.lock);
+    munmap(w.mem, w.pages * PAGE);
+    g_free(w.src_crc);
+    g_free(w.want_crc);
+    g_free(w.touched);
+    g_free(w.fault_us);
+    g_free(control);
+    g_free(device);
+    g_free(export_name);
+    g_free(sums);
+    return pass ? 0 : 1;
 }

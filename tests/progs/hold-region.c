@@ -53,8 +53,10 @@ int main(int argc, char **argv)
     printf("ADDR=%p LEN=%zu\n", (void *)m, len);
     fflush(stdout);
     int sig = 0;
-    if (sigwait(&set, &sig) != 0 || sig != SIGUSR1)
+    if (sigwait(&set, &sig) != 0 || sig != SIGUSR1) {
+        g_free(sums);
         return 0;
+    }
     if (!sums) {
         fprintf(stderr, "hold-region: SIGUSR1 without --sums: nothing to check against\n");
         return 2;
@@ -62,8 +64,10 @@ int main(int argc, char **argv)
     FILE *f = fopen(sums, "re");
     if (!f) {
         fprintf(stderr, "hold-region: cannot open %s: %s\n", sums, strerror(errno));
+        g_free(sums);
         return 2;
     }
+    g_free(sums);
     unsigned long long page;
     unsigned crc;
     uint64_t verified = 0, wrong = 0, pages = len / 4096;
