@@ -70,6 +70,7 @@ struct Dest {
     LatencyHist fetch_latency;     /* demand fetch: queued -> data here */
     gint64 first_map_us, complete_us;
 
+    char *device;                  /* block device the export is attached as (set by setup) */
     GList *waiters;                /* ControlClient* waiting for all-local */
     guint timer;
 };

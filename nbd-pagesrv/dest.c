@@ -297,6 +297,28 @@ static void cmd_wait_all_local(ControlClient *cl, int argc, char **argv, gpointe
     d->waiters = g_list_prepend(d->waiters, control_client_ref(cl));
 }
 
+/* setup-swap.sh records which block device carries the export, so that
+ * an in-process user (a patched QEMU) needs only the control socket. */
+static void cmd_device(ControlClient *cl, int argc, char **argv, gpointer data)
+{
+    Dest *d = data;
+    if (argc == 2) {
+        g_free(d->device);
+        d->device = g_strdup(argv[1]);
+    } else if (argc != 1) {
+        control_reply_error(cl, "usage: device [PATH]");
+        return;
+    }
+    if (!d->device) {
+        control_reply_error(cl, "no device recorded (setup-swap.sh records it with 'device PATH')");
+        return;
+    }
+    g_autoptr(GString) out = g_string_new("{\"device\":");
+    json_append_string(out, d->device);
+    g_string_append_c(out, '}');
+    control_reply(cl, out->str);
+}
+
 static void cmd_policy(ControlClient *cl, int argc, char **argv, gpointer data)
 {
     Dest *d = data;
@@ -330,6 +352,8 @@ void dest_register_commands(Dest *d, ControlServer *cs)
                      "mapped page is local", cmd_wait_all_local, d);
     control_register(cs, "slot-states", "slot-states FIRST COUNT: one letter per slot, E(mpty) "
                      "L(ocal) R(emote) M(arker)", cmd_slot_states, d);
+    control_register(cs, "device", "device [PATH]: record or show the block device carrying "
+                     "this export", cmd_device, d);
     control_register(cs, "policy", "policy background on|off | bandwidth MIB_PER_S | "
                      "fault-timeout SECONDS", cmd_policy, d);
 }
@@ -397,5 +421,6 @@ void dest_free(Dest *d)
     g_cond_clear(&d->cond);
     g_free(d->host);
     g_free(d->port);
+    g_free(d->device);
     g_free(d);
 }

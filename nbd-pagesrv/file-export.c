@@ -11,6 +11,7 @@
 typedef struct {
     int fd;
     char *path;
+    uint64_t base;     /* export offset 0 is file offset base */
 } FileExport;
 
 static FileExport *fx(Export *e) { return e->impl; }
@@ -19,7 +20,8 @@ static int fe_pread(Export *e, void *buf, uint32_t len, uint64_t off)
 {
     size_t done = 0;
     while (done < len) {
-        ssize_t n = pread(fx(e)->fd, (char *)buf + done, len - done, (off_t)(off + done));
+        ssize_t n = pread(fx(e)->fd, (char *)buf + done, len - done,
+                          (off_t)(fx(e)->base + off + done));
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
@@ -65,6 +67,12 @@ static void add_extent(GArray *ext, uint64_t len, uint32_t flags)
 static int fe_block_status(Export *e, uint32_t len, uint64_t off, GArray *ext)
 {
     int fd = fx(e)->fd;
+    if (fx(e)->base) {
+        /* A window into a process's memory (/proc/PID/mem) has no holes
+         * that lseek can report. */
+        add_extent(ext, len, 0);
+        return 0;
+    }
     uint64_t end = off + len;
     while (off < end) {
         off_t data = lseek(fd, (off_t)off, SEEK_DATA);
@@ -114,6 +122,25 @@ static const ExportOps file_ops = {
     .destroy = fe_destroy,
 };
 
+/* "PATH@OFFSET+SIZE" (numbers in C syntax) selects a window of PATH, e.g.
+ * of /proc/PID/mem, whose size lseek cannot tell. */
+static bool parse_window(char *path, uint64_t *base, uint64_t *size)
+{
+    char *at = strrchr(path, '@'), *plus = at ? strchr(at, '+') : NULL, *end;
+    if (!at || !plus)
+        return false;
+    uint64_t b = g_ascii_strtoull(at + 1, &end, 0);
+    if (end != plus || plus == at + 1)
+        return false;
+    uint64_t sz = g_ascii_strtoull(plus + 1, &end, 0);
+    if (*end || end == plus + 1 || sz == 0)
+        return false;
+    *at = 0;
+    *base = b;
+    *size = sz;
+    return true;
+}
+
 Export *file_export_new(const char *spec, GError **error)
 {
     const char *eq = strchr(spec, '=');
@@ -123,7 +150,9 @@ Export *file_export_new(const char *spec, GError **error)
         return NULL;
     }
     g_autofree char *name = g_strndup(spec, (gsize)(eq - spec));
-    const char *path = eq + 1;
+    g_autofree char *path = g_strdup(eq + 1);
+    uint64_t base = 0, window = 0;
+    bool windowed = parse_window(path, &base, &window);
     if (strlen(name) > NBD_MAX_STRING) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
                     "export name in --export is longer than %d bytes", NBD_MAX_STRING);
@@ -139,7 +168,7 @@ Export *file_export_new(const char *spec, GError **error)
             close(fd);
         return NULL;
     }
-    if (!S_ISREG(st.st_mode) || st.st_size == 0) {
+    if (!windowed && (!S_ISREG(st.st_mode) || st.st_size == 0)) {
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL,
                     "%s is not a non-empty regular file; give the file backing the guest's "
                     "RAM (memory-backend-file mem-path=...)", path);
@@ -149,9 +178,10 @@ Export *file_export_new(const char *spec, GError **error)
     FileExport *f = g_new0(FileExport, 1);
     f->fd = fd;
     f->path = g_strdup(path);
+    f->base = base;
     Export *e = g_new0(Export, 1);
     e->name = g_steal_pointer(&name);
-    e->size = (uint64_t)st.st_size;
+    e->size = windowed ? window : (uint64_t)st.st_size;
     e->read_only = true;
     e->multi_conn = true;
     e->ops = &file_ops;

@@ -222,7 +222,7 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
         { "mem-limit", 0, 0, G_OPTION_ARG_STRING, &app->mem_limit_arg,
           "RAM the page store may use before spilling (default: 256M)", "SIZE" },
         { "export", 0, 0, G_OPTION_ARG_STRING_ARRAY, &app->export_specs,
-          "Source role: serve FILE read-only as export NAME (repeatable)", "NAME=FILE" },
+          "Source role: serve FILE (or FILE@OFFSET+SIZE, e.g. a window of /proc/PID/mem) read-only as export NAME (repeatable)", "NAME=FILE" },
         { "src", 0, 0, G_OPTION_ARG_STRING, &app->src,
           "Destination role: pull mapped pages from the source at HOST:PORT", "HOST:PORT" },
         { "fault-timeout", 0, 0, G_OPTION_ARG_DOUBLE, &app->fault_timeout_s,

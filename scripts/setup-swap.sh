@@ -100,6 +100,7 @@ echo "$device" >"$state/device"
 label=sc-$name
 mkswap -L "${label:0:16}" "$device" >/dev/null
 swapon -p 32767 --discard=pages "$device"
+"${pagesrv%/*}/pagesrv-ctl" "$ctl" device "$device" >/dev/null
 touch "$state/swapon"
 trap - ERR
 
