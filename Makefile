@@ -36,7 +36,7 @@ PROGRAMS := $(B)/nbd-pagesrv $(B)/pagesrv-ctl $(B)/swapstub
 # Keep objects of the pattern-built programs between runs.
 .SECONDARY:
 
-.PHONY: all deps check check-sanitizers demo bench install clean distclean
+.PHONY: all deps check check-sanitizers demo demo-swap bench install clean distclean
 all: $(PROGRAMS) $(LIBSWAPSTUB) $(TEST_PROGS) $(BENCH_PROGS)
 
 config.mk: configure scripts/install-deps.sh
@@ -84,6 +84,10 @@ check-sanitizers:
 
 demo: all
 	SWAPCOPY_BUILD=$(abspath $(B)) scripts/demo.sh
+
+# The swap device alone: a region paged out to nbd-pagesrv and back.
+demo-swap: all
+	SWAPCOPY_BUILD=$(abspath $(B)) scripts/demo-swap.sh
 
 bench: all
 	SWAPCOPY_BUILD=$(abspath $(B)) bench/run-all.sh

@@ -53,8 +53,11 @@ _blockdev_record() { echo "$2" >>"$1/blockdev"; }
 _blockdev_attach_nbd() {
     local sock=$1 state=$2 dev
     for dev in $(_blockdev_free_nbds); do
-        _blockdev_record "$state" "nbd $dev"
+        # Recorded only once it is ours: detach must never disconnect a
+        # device another attach won the race for. (nbd-client cleans up
+        # after itself when it fails.)
         if nbd-client -unix "$sock" "$dev" -swap -b 4096 >"$state/nbd-client.log" 2>&1; then
+            _blockdev_record "$state" "nbd $dev"
             echo "$dev"
             return 0
         fi
@@ -97,7 +100,9 @@ _blockdev_attach_fuse() {
         sleep 0.1
     done
     if [ ! -e "$mnt/nbd" ]; then
-        _blockdev_err "nbdfuse did not expose $mnt/nbd within 10 s: $(cat "$state/nbdfuse.log")"
+        _blockdev_err "nbdfuse did not expose $mnt/nbd within 10 s: $(cat "$state/nbdfuse.log") (does the server on $sock answer? try nbdinfo 'nbd+unix:///?socket=$sock')"
+        # Not mounted, so detach's unmount would not stop it.
+        kill "$pid" 2>/dev/null
         return 1
     fi
     if ! dev=$(losetup -f --show --direct-io=on "$mnt/nbd" 2>"$state/losetup.log"); then
@@ -211,7 +216,7 @@ _blockdev_detach_fuse() {
 }
 
 _blockdev_detach_nbd() {
-    local dev=$1
+    local dev=$1 i
     [ -e "/sys/block/${dev#/dev/}/pid" ] || return 0   # not connected (any more)
     if _blockdev_is_swap "$dev"; then
         _blockdev_err "$dev is still an active swap device: swapoff $dev first"
@@ -221,6 +226,13 @@ _blockdev_detach_nbd() {
         _blockdev_err "nbd-client -d $dev failed"
         return 1
     fi
+    # The next attach looks for devices without a pid: wait for ours to go.
+    for (( i = 0; i < 50; i++ )); do
+        [ -e "/sys/block/${dev#/dev/}/pid" ] || return 0
+        sleep 0.1
+    done
+    _blockdev_err "$dev still connected 5 s after nbd-client -d"
+    return 1
 }
 
 blockdev_detach() {
