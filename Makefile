@@ -33,11 +33,18 @@ BENCH_PROGS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
 PROGRAMS := $(B)/nbd-pagesrv $(B)/pagesrv-ctl $(B)/swapstub
 
+# The test guest: a 32-bit freestanding multiboot image (guest/README.md).
+# Built without sanitizers whatever the configuration: it runs in a VM.
+GUEST_ELF := $(B)/guest/memwalk.elf
+GUEST_CFLAGS := -std=c11 -m32 -march=i686 -mgeneral-regs-only -ffreestanding -fno-pic -fno-pie \
+	-fno-stack-protector -fno-asynchronous-unwind-tables -fno-tree-loop-distribute-patterns \
+	-O2 -g -Wall -Wextra -Werror
+
 # Keep objects of the pattern-built programs between runs.
 .SECONDARY:
 
 .PHONY: all deps check check-sanitizers demo demo-swap bench install clean distclean
-all: $(PROGRAMS) $(LIBSWAPSTUB) $(TEST_PROGS) $(BENCH_PROGS)
+all: $(PROGRAMS) $(LIBSWAPSTUB) $(TEST_PROGS) $(BENCH_PROGS) $(GUEST_ELF)
 
 config.mk: configure scripts/install-deps.sh
 	sh scripts/install-deps.sh
@@ -55,6 +62,17 @@ $(B)/nbd-pagesrv: $(PAGESRV_OBJS)
 
 $(B)/pagesrv-ctl: $(B)/obj/nbd-pagesrv/pagesrv-ctl.o
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+$(B)/guest/%.o: guest/%.S
+	@mkdir -p $(dir $@)
+	$(CC) $(GUEST_CFLAGS) -c -o $@ $<
+
+$(B)/guest/%.o: guest/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(GUEST_CFLAGS) -c -o $@ $<
+
+$(GUEST_ELF): $(B)/guest/boot.o $(B)/guest/memwalk.o guest/memwalk.ld
+	ld -m elf_i386 -n --fatal-warnings -T guest/memwalk.ld -o $@ $(B)/guest/boot.o $(B)/guest/memwalk.o
 
 $(LIBSWAPSTUB): $(SWAPSTUB_OBJS)
 	rm -f $@
