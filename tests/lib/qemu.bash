@@ -67,3 +67,20 @@ swapcopy_migrate() {
         --migrate-uri "tcp:127.0.0.1:$(( 40000 + RANDOM % 20000 ))" \
         --json "$BATS_TEST_TMPDIR/summary.json" "$@"
 }
+
+# wait_for_pass SERIAL N TIMEOUT: wait until the memwalk serial log has N
+# PASS lines; fail at once on an ERROR line.
+wait_for_pass() {
+    local file=$1 n=$2 timeout=$3 i
+    for (( i = 0; i < timeout * 10; i++ )); do
+        if grep -q '^ERROR' "$file" 2>/dev/null; then
+            grep '^ERROR' "$file" >&2
+            return 1
+        fi
+        [ "$(grep -c '^PASS' "$file" 2>/dev/null || true)" -ge "$n" ] && return 0
+        sleep 0.1
+    done
+    echo "$file: fewer than $n PASS lines after $timeout s" >&2
+    tail -3 "$file" >&2
+    return 1
+}
