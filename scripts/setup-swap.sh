@@ -45,7 +45,9 @@ done
 [[ "$name" =~ ^[A-Za-z0-9_.-]+$ ]] || die "--name '$name' may only use letters, digits, _ . -"
 [ "$(id -u)" = 0 ] || die "must run as root (swapon, losetup and FUSE need it)"
 [ -n "$pagesrv" ] && [ -x "$pagesrv" ] || die "nbd-pagesrv not found: run 'make' or pass --pagesrv PATH"
-if [ -r /sys/module/zswap/parameters/enabled ] && grep -qi '^[y1]' /sys/module/zswap/parameters/enabled; then
+# (SWAPCOPY_ZSWAP_ENABLED points elsewhere only in tests.)
+zswap_param=${SWAPCOPY_ZSWAP_ENABLED:-/sys/module/zswap/parameters/enabled}
+if [ -r "$zswap_param" ] && grep -qi '^[y1]' "$zswap_param"; then
     die "zswap is enabled: swapped-out pages would stay compressed in RAM and never reach the device; disable it: echo N > /sys/module/zswap/parameters/enabled"
 fi
 state=$state_root/$name

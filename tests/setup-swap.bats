@@ -1,0 +1,101 @@
+#!/usr/bin/env bats
+# scripts/setup-swap.sh and scripts/teardown-swap.sh: what they set up,
+# what they refuse, and that teardown undoes everything, also after a crash.
+
+load lib/common
+load lib/migration
+
+setup() {
+    [ "$(id -u)" = 0 ] || { echo "needs root" >&2; return 1; }
+    BEFORE=$(machine_state)
+    SETUP=$SWAPCOPY_SRC/scripts/setup-swap.sh
+    TEARDOWN=$SWAPCOPY_SRC/scripts/teardown-swap.sh
+}
+
+teardown() {
+    run_deferred
+    [ "$(machine_state)" = "$BEFORE" ] || { echo "left behind:"; machine_state; false; }
+}
+
+@test "setup-swap.sh prints the device, control socket and pid; the device is top-priority swap" {
+    source_start 16
+    swap_setup
+    prio=$(awk -v d="$(readlink -f "$DEVICE")" '$1 == d {print $5}' /proc/swaps)
+    [ "$prio" = 32767 ]
+    pid=$(cat "$STATE/pagesrv.pid")
+    kill -0 "$pid"
+    # Sized for the half-full rule: at least twice the source's 16 MiB.
+    size_kb=$(awk -v d="$(readlink -f "$DEVICE")" '$1 == d {print $3}' /proc/swaps)
+    [ "$size_kb" -ge $(( 2 * 16 * 1024 )) ]
+    # The daemon knows its device (for in-process users such as a patched QEMU).
+    [ "$(json_get "$("$PAGESRV_CTL" "$CONTROL" device)" device)" = "$DEVICE" ]
+    "$TEARDOWN" --name "$SWAP_NAME" --state-dir "$SWAP_STATE_ROOT"
+    [ ! -e "$STATE" ]
+    ! kill -0 "$pid" 2>/dev/null
+    [ "$(machine_state)" = "$BEFORE" ]
+}
+
+@test "setup-swap.sh refuses a name already in use" {
+    source_start 16
+    swap_setup
+    run "$SETUP" --src "127.0.0.1:$SRC_PORT" --name "$SWAP_NAME" --state-dir "$SWAP_STATE_ROOT"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"already set up"* ]]
+    # The refused call touched nothing: the first device still works.
+    [ -S "$CONTROL" ] && "$PAGESRV_CTL" "$CONTROL" status >/dev/null
+}
+
+@test "setup-swap.sh refuses when another swap device has the top priority" {
+    source_start 16
+    img=$BATS_TEST_TMPDIR/other.swap
+    truncate -s 16M "$img"
+    loop=$(losetup -f --show "$img")
+    defer losetup -d "$loop"
+    mkswap "$loop" >/dev/null
+    swapon -p 32767 "$loop"
+    defer swapoff "$loop"
+    run "$SETUP" --src "127.0.0.1:$SRC_PORT" --name "other$$" --state-dir "$BATS_TEST_TMPDIR/run"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"already has priority 32767"* ]]
+    [ ! -e "$BATS_TEST_TMPDIR/run/other$$" ]
+}
+
+@test "setup-swap.sh refuses to run as an ordinary user" {
+    run setpriv --reuid=65534 --regid=65534 --clear-groups "$SETUP" --src 127.0.0.1:1
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"must run as root"* ]]
+}
+
+@test "setup-swap.sh refuses when zswap is enabled" {
+    fake=$BATS_TEST_TMPDIR/zswap-enabled
+    echo Y >"$fake"
+    run env SWAPCOPY_ZSWAP_ENABLED="$fake" "$SETUP" --src 127.0.0.1:1 --name z$$ --state-dir "$BATS_TEST_TMPDIR/run"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"zswap is enabled"* ]]
+}
+
+@test "setup-swap.sh with an unreachable source fails and leaves nothing behind" {
+    run "$SETUP" --src 127.0.0.1:1 --name u$$ --state-dir "$BATS_TEST_TMPDIR/run"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"127.0.0.1:1"* ]]
+    [ ! -e "$BATS_TEST_TMPDIR/run/u$$" ]
+}
+
+@test "teardown-swap.sh undoes everything after nbd-pagesrv and nbdfuse crashed" {
+    source_start 16
+    swap_setup
+    kill -9 "$(cat "$STATE/pagesrv.pid")"
+    [ -f "$STATE/nbdfuse.pid" ] && kill -9 "$(cat "$STATE/nbdfuse.pid")" || true
+    sleep 0.5
+    run "$TEARDOWN" --name "$SWAP_NAME" --state-dir "$SWAP_STATE_ROOT"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ ! -e "$STATE" ]
+    # A second teardown is a no-op.
+    "$TEARDOWN" --name "$SWAP_NAME" --state-dir "$SWAP_STATE_ROOT"
+}
