@@ -38,6 +38,7 @@ struct Puller {
     uint64_t size, pages;
     uint64_t *rev;                 /* page -> slot + 1, 0 if unmapped (mmap'd) */
     uint64_t mapped;               /* pages with a slot */
+    uint64_t map_generation;       /* atomic: bumped by every map, so the stream sweeps again */
 
     GQueue demand_queue;           /* DemandEntry*, not yet sent; under Dest.lock */
     int demand_wake, stream_wake;  /* eventfds */

@@ -137,6 +137,8 @@ static bool dest_map(Dest *d, uint64_t slot, const char *name, uint64_t page, ui
         page_store_map_remote(d->ps, slot + i, p->id, page + i);
     }
     __atomic_add_fetch(&d->mapped_total, count, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&p->map_generation, 1, __ATOMIC_RELEASE);
+    wake_fd_signal(p->stream_wake);
     if (!d->first_map_us)
         d->first_map_us = g_get_monotonic_time();
     d->complete_us = 0;
@@ -242,8 +244,10 @@ static void cmd_map(ControlClient *cl, int argc, char **argv, gpointer data)
         control_reply_error(cl, "usage: map SLOT EXPORT PAGE COUNT");
         return;
     }
+    /* '""' names the empty export (nbdkit's default, for one). */
+    const char *name = strcmp(argv[2], "\"\"") == 0 ? "" : argv[2];
     g_autoptr(GError) error = NULL;
-    if (!dest_map(d, slot, argv[2], page, count, &error)) {
+    if (!dest_map(d, slot, name, page, count, &error)) {
         control_reply_error(cl, "map refused: %s", error->message);
         return;
     }

@@ -161,14 +161,16 @@ static bool add_source_exports(App *app, GError **error)
     return true;
 }
 
-/* --exit-when-idle: a source is done once its destination, having read
- * from it, has every page and hangs up. Connections that read nothing
- * (probes listing the exports) do not count. */
+/* --exit-when-idle: a source is done once its destination, having used it
+ * (read data, or learnt from block status that there was nothing to
+ * read), has every page and hangs up. Probes that only list the exports
+ * do not count. */
 static gboolean check_idle(gpointer data)
 {
     App *app = data;
     ServerStats *s = &app->server.stats;
-    if (__atomic_load_n(&s->requests[NBD_CMD_READ], __ATOMIC_RELAXED) > 0 &&
+    if (__atomic_load_n(&s->requests[NBD_CMD_READ], __ATOMIC_RELAXED) +
+                __atomic_load_n(&s->requests[NBD_CMD_BLOCK_STATUS], __ATOMIC_RELAXED) > 0 &&
         __atomic_load_n(&s->connections_current, __ATOMIC_RELAXED) == 0) {
         g_message("every client has disconnected: exiting (--exit-when-idle)");
         g_main_loop_quit(app->loop);

@@ -335,11 +335,13 @@ static int resolve_remote(PageStore *ps, uint64_t s, GMutex *lock)
     g_mutex_unlock(lock);
     int err = ps->fetch(ps->fetch_opaque, export_id, page, tmp);
     g_mutex_lock(lock);
+    /* Whatever the fetch says, a slot that changed meanwhile (streamed in,
+     * or written) is the caller's answer now: re-examine it. */
+    if (ps->slot[s] != e)
+        return 0;
     if (err)
         return err;
-    if (ps->slot[s] == e)
-        return slot_store(ps, s, tmp);
-    return 0;
+    return slot_store(ps, s, tmp);
 }
 
 int page_store_read(PageStore *ps, void *buf, uint32_t len, uint64_t off)

@@ -108,7 +108,7 @@ static void demand_finish(Puller *p, DemandEntry *e, int err)
         __atomic_add_fetch(&d->demand_pages, 1, __ATOMIC_RELAXED);
         __atomic_add_fetch(&d->bytes_fetched, PAGE_SIZE_BYTES, __ATOMIC_RELAXED);
         latency_hist_add(&d->fetch_latency, (uint64_t)(g_get_monotonic_time() - e->queued_us));
-    } else {
+    } else if (err != ESHUTDOWN) {
         __atomic_add_fetch(&d->demand_failures, 1, __ATOMIC_RELAXED);
         g_warning("the source answered error '%s' for page %" G_GUINT64_FORMAT " of export "
                   "'%s': the faulting reader gets EIO", g_strerror(err), e->page, p->name);
@@ -369,14 +369,34 @@ static unsigned stream_depth(Puller *p)
     return faults ? STREAM_DEPTH_UNDER_FAULTS : STREAM_DEPTH;
 }
 
-/* Bandwidth cap: may another chunk of n bytes go now? */
-static bool under_cap(Dest *d, gint64 since_us, uint64_t sent, uint64_t n)
+/* The bandwidth cap as a token bucket: credit accrues at the cap's rate up
+ * to one chunk's worth, so time spent disconnected or idle never turns
+ * into a burst, and a lowered cap applies at once. */
+typedef struct {
+    double tokens;
+    gint64 last_us;
+    uint64_t bps;
+} TokenBucket;
+
+static bool take_tokens(Dest *d, TokenBucket *tb, uint64_t n)
 {
     uint64_t bps = __atomic_load_n(&d->bandwidth_bps, __ATOMIC_RELAXED);
-    if (bps == 0)
+    gint64 now = g_get_monotonic_time();
+    if (bps == 0) {
+        tb->bps = 0;
         return true;
-    double allowed = (double)bps * (double)(g_get_monotonic_time() - since_us) / 1e6;
-    return (double)(sent + n) <= allowed + (double)n;
+    }
+    if (bps != tb->bps || tb->last_us == 0) {
+        *tb = (TokenBucket){ (double)n, now, bps };
+    } else {
+        tb->tokens += (double)bps * (double)(now - tb->last_us) / 1e6;
+        tb->tokens = MIN(tb->tokens, (double)n);
+        tb->last_us = now;
+    }
+    if (tb->tokens < (double)n)
+        return false;
+    tb->tokens -= (double)n;
+    return true;
 }
 
 static gpointer stream_main(gpointer data)
@@ -387,14 +407,13 @@ static gpointer stream_main(gpointer data)
     g_autoptr(GPtrArray) inflight = g_ptr_array_new();   /* Chunk* */
     GQueue retry = G_QUEUE_INIT;
     StatusWindow w = { g_array_new(FALSE, FALSE, sizeof(Span)), 0, false };
-    uint64_t cursor = 0, sent = 0;
-    gint64 since = g_get_monotonic_time();
+    uint64_t cursor = 0;
+    uint64_t swept_generation = __atomic_load_n(&p->map_generation, __ATOMIC_ACQUIRE);
+    TokenBucket tb = { 0 };
 
     while (!stopping(p)) {
         if (!__atomic_load_n(&d->background, __ATOMIC_RELAXED)) {
             nap(p, p->stream_wake, 200000);
-            since = g_get_monotonic_time();
-            sent = 0;
             continue;
         }
         if (!h) {
@@ -411,20 +430,30 @@ static gpointer stream_main(gpointer data)
                 c = next_chunk(p, h, &w, &cursor, &broken);
             if (!c)
                 break;
-            if (!under_cap(d, since, sent, c->n * PAGE_SIZE_BYTES)) {
+            if (!take_tokens(d, &tb, c->n * PAGE_SIZE_BYTES)) {
                 g_queue_push_head(&retry, c);
                 break;
             }
             g_ptr_array_add(inflight, c);
-            sent += c->n * PAGE_SIZE_BYTES;
             if (nbd_aio_pread(h, c->buf, c->n * PAGE_SIZE_BYTES, c->first * PAGE_SIZE_BYTES,
                               (nbd_completion_callback){ .callback = chunk_done, .user_data = c },
                               0) < 0)
                 broken = true;
         }
         if (!broken && inflight->len == 0) {
-            if (cursor >= p->pages && g_queue_is_empty(&retry))
-                break;           /* every page of this export has been asked for */
+            if (cursor >= p->pages && g_queue_is_empty(&retry)) {
+                /* Everything mapped so far has been asked for; pages mapped
+                 * later (behind the cursor) need another sweep. */
+                uint64_t gen = __atomic_load_n(&p->map_generation, __ATOMIC_ACQUIRE);
+                if (gen != swept_generation) {
+                    swept_generation = gen;
+                    cursor = 0;
+                    w.win_end = 0;
+                    continue;
+                }
+                nap(p, p->stream_wake, 200000);
+                continue;
+            }
             nap(p, p->stream_wake, 20000);   /* waiting for the bandwidth cap */
             continue;
         }
