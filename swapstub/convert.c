@@ -8,6 +8,7 @@
 #include "swapstub-internal.h"
 
 #define FINISH_CHUNK_PAGES 512         /* 2 MiB per step */
+#define PREFETCH_CHUNKS 16             /* swap-in reads kept in flight ahead: 32 MiB */
 #define STATES_PER_QUERY 65536
 
 static bool swap_in(SwapStub *s, uint64_t first, uint64_t n, unsigned char *scratch,
@@ -115,6 +116,18 @@ int64_t swapstub_pages_on_device(SwapStub *s, GError **error)
     return n;
 }
 
+/* MADV_WILLNEED on swapped-out anonymous memory starts the swap-in reads
+ * without waiting for them (the kernel's swapin_walk): the synchronous
+ * swap-in that follows then finds the pages in the swap cache. Without it
+ * finishing took one device round trip per page (measured: 0.05 GiB/s). A
+ * failure only costs speed. */
+static void prefetch(SwapStub *s, uint64_t first, uint64_t n)
+{
+    g_autoptr(GError) err = NULL;
+    if (n && !target_madvise(&s->t, s->addr + first * SS_PAGE, n * SS_PAGE, MADV_WILLNEED, &err))
+        g_debug("swapstub: prefetch: %s", err->message);
+}
+
 bool swapstub_finish(SwapStub *s, bool wait_all_local, SwapStubProgress progress,
                      void *opaque, GError **error)
 {
@@ -125,8 +138,16 @@ bool swapstub_finish(SwapStub *s, bool wait_all_local, SwapStubProgress progress
     }
     g_autofree unsigned char *scratch = g_malloc((size_t)FINISH_CHUNK_PAGES * SS_PAGE);
     gint64 t0 = g_get_monotonic_time();
+    uint64_t ahead = MIN(s->pages, (uint64_t)PREFETCH_CHUNKS * FINISH_CHUNK_PAGES);
+    prefetch(s, 0, ahead);
     for (uint64_t i = 0; i < s->pages; i += FINISH_CHUNK_PAGES) {
         uint64_t n = MIN((uint64_t)FINISH_CHUNK_PAGES, s->pages - i);
+        /* Keep the window of reads in flight PREFETCH_CHUNKS ahead. */
+        if (ahead < s->pages) {
+            uint64_t more = MIN((uint64_t)FINISH_CHUNK_PAGES, s->pages - ahead);
+            prefetch(s, ahead, more);
+            ahead += more;
+        }
         if (!swap_in(s, i, n, scratch, error))
             return false;
         if (progress) {

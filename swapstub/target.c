@@ -113,6 +113,7 @@ static const char *advice_name(int advice)
     case MADV_POPULATE_READ: return "MADV_POPULATE_READ";
     case MADV_POPULATE_WRITE: return "MADV_POPULATE_WRITE";
     case MADV_NOHUGEPAGE: return "MADV_NOHUGEPAGE";
+    case MADV_WILLNEED: return "MADV_WILLNEED";
     default: return "madvise";
     }
 }
@@ -128,7 +129,8 @@ bool target_madvise(Target *t, uint64_t addr, size_t len, int advice, GError **e
                     advice_name(advice), len, addr, who(t, b, sizeof b), g_strerror(errno));
         return false;
     }
-    g_assert(advice == MADV_PAGEOUT);   /* process_madvise offers no other advice we need */
+    /* process_madvise takes only these among the advice we use. */
+    g_assert(advice == MADV_PAGEOUT || advice == MADV_WILLNEED);
     size_t done = 0;
     while (done < len) {
         struct iovec iov = { (void *)(uintptr_t)(addr + done), len - done };

@@ -20,7 +20,8 @@ static inline bool target_is_self(const Target *t) { return t->pid == 0; }
 
 bool target_write(Target *t, uint64_t addr, const void *buf, size_t len, GError **error);
 bool target_read(Target *t, uint64_t addr, void *buf, size_t len, GError **error);
-/* MADV_PAGEOUT on any target; other advice only on ourselves. */
+/* MADV_PAGEOUT and MADV_WILLNEED on any target; other advice only on
+ * ourselves. */
 bool target_madvise(Target *t, uint64_t addr, size_t len, int advice, GError **error);
 /* One /proc/PID/pagemap entry per page. */
 bool target_pagemap(Target *t, uint64_t addr, size_t pages, uint64_t *out, GError **error);
