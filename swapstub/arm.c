@@ -10,6 +10,7 @@
 #include "swapstub-marker.h"
 
 #define BATCH_PAGES 256                /* 1 MiB of markers per write */
+#define SWAPSTUB_SYSFS "/sys/kernel/mm/swap/swapstub"
 #define MARKER_WAIT_US (30 * G_USEC_PER_SEC)
 
 SwapStub *swapstub_new(const SwapStubConfig *cfg, GError **error)
@@ -318,6 +319,9 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
     SwapStubArmReport local = { 0 }, *r = report ? report : &local;
     memset(r, 0, sizeof *r);
     r->method = "stock";
+    if (swapstub_kernel_has_madv_swapstub())
+        g_message("swapstub: this kernel offers MADV_SWAPSTUB (%s), but this libswapstub "
+                  "does not use it yet; arming the stock-kernel way", SWAPSTUB_SYSFS);
     gint64 t0 = g_get_monotonic_time();
     SwapDevInfo dev;
     if (!swapdev_check_zswap(error) || !swapdev_lookup(cfg->device, &dev, error))
@@ -398,9 +402,11 @@ SwapStub *swapstub_attach(const SwapStubConfig *cfg, GError **error)
     return s;
 }
 
+/* A kernel with mm-patch-madvise announces it in sysfs. Probing with
+ * madvise() itself would be unsafe: on a kernel without the patch, the
+ * advice number may one day mean something else. */
+
 bool swapstub_kernel_has_madv_swapstub(void)
 {
-    /* mm-patch-madvise is not in this kernel's mainline; its advice value
-     * is probed by the patched kernel's swapstub support (not yet built). */
-    return false;
+    return access(SWAPSTUB_SYSFS, F_OK) == 0;
 }
