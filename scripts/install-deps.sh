@@ -5,7 +5,8 @@ set -eu
 
 packages="build-essential pkg-config libglib2.0-dev libnbd-dev libnbd-bin nbdkit
 nbd-client zlib1g-dev bats e2fsprogs fuse3 util-linux kmod procps psmisc
-qemu-system-x86 qemu-utils libclang-rt-14-dev python3 python3-libnbd"
+qemu-system-x86 qemu-utils libclang-rt-14-dev python3 python3-libnbd
+busybox-static cpio"
 
 missing=""
 for p in $packages; do

@@ -6,12 +6,19 @@
 #   blockdev_attach SOCKET STATEDIR   prints the device (/dev/nbdN or /dev/loopN)
 #   blockdev_detach STATEDIR          undoes exactly what attach recorded
 #
-# With the kernel nbd driver: nbd-client -swap (it mlocks itself and shields
-# itself from the OOM killer, so swapping to the device cannot deadlock on
-# the client's own memory). Without it: nbdfuse exposes the export as a
-# file and a loop device turns that into a block device. That path has a
-# user-space process (nbdfuse) with none of those precautions in the I/O
-# path: a fallback for hosts without the nbd driver.
+# With the kernel nbd driver: nbd-client. Debian 12's nbd-client (3.24)
+# hands the connected socket to the kernel over netlink and exits: the
+# driver then talks to the server itself, with no client process in the
+# I/O path (tested in a VM: tests/vm.bats). -swap matters only where
+# nbd-client stays to run the ioctl path (-nonetlink, or a kernel without
+# nbd netlink): there it shields itself from the OOM killer, but in that
+# VM it did not stay mlocked (VmLck 0 kB).
+#
+# Without the driver: nbdfuse exposes the export as a file and a loop
+# device turns that into a block device. That path has a user-space
+# process (nbdfuse) in the I/O path, which takes no precautions against
+# being swapped out or OOM-killed: a fallback for hosts without the nbd
+# driver.
 #
 # The loop device must use direct I/O. A buffered loop device keeps what
 # it wrote in the FUSE file's page cache and serves later reads from
