@@ -254,10 +254,20 @@ static bool evict(SwapStub *s, unsigned max_rounds, int64_t baseline, bool mappe
         g_usleep(pause);
         pause = MIN(pause * 2, 200000ul);
     }
-    g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
-                "%" G_GINT64_FORMAT " pages of the region were still in the swap cache after "
-                "%u s of eviction rounds (is something else swapping heavily, or is the region "
-                "locked?)", cached, max_rounds);
+    if (cached > 0)
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                    "%" G_GINT64_FORMAT " pages of the region were still in the swap cache after "
+                    "%u s of eviction rounds (is the region locked, or the device very slow?)",
+                    cached, max_rounds);
+    else
+        /* Another process's swap cache cannot be inspected page by page:
+         * the global count must come back to where it was. */
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                    "the system's swap cache (SwapCached: %" G_GINT64_FORMAT " pages) did not "
+                    "fall back to its level before arming (%" G_GINT64_FORMAT ") within %u s, so "
+                    "pages of process %d may still be cached: is another process swapping? "
+                    "Arm again when swap is quiet", swapdev_swap_cached_pages(), baseline,
+                    max_rounds, (int)s->t.pid);
     return false;
 }
 

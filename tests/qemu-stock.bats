@@ -76,3 +76,17 @@ teardown() {
     s=$(cat "$BATS_TEST_TMPDIR/summary.json")
     [ "$(json_get "$s" pages.demand)" -gt 0 ]
 }
+
+@test "stock QEMU: a Linux guest (Debian's kernel, busybox) checksumming its memory survives migration" {
+    guest=$("$SWAPCOPY_SRC/tests/vm/linux-guest.sh")
+    kernel=$(sed -n 's/^KERNEL=//p' <<<"$guest"); initrd=$(sed -n 's/^INITRD=//p' <<<"$guest")
+    qemu_pair_start 256 -kernel "$kernel" -initrd "$initrd" -append "console=ttyS0 quiet memcheck_mib=48"
+    wait_for_lines "$SRC_SERIAL" '^LPASS' 2 180
+    run swapcopy_migrate
+    echo "$output"
+    [ "$status" -eq 0 ]
+    wait_for_lines "$DST_SERIAL" '^LPASS' 2 180
+    ! grep -q '^LERROR' "$SRC_SERIAL" "$DST_SERIAL"
+    s=$(cat "$BATS_TEST_TMPDIR/summary.json")
+    [ "$(json_get "$s" pages.demand)" -gt 0 ]
+}

@@ -84,3 +84,20 @@ wait_for_pass() {
     tail -3 "$file" >&2
     return 1
 }
+
+# wait_for_lines FILE REGEX N TIMEOUT: wait until FILE has N lines matching
+# REGEX; fail at once on an LERROR or ERROR line.
+wait_for_lines() {
+    local file=$1 re=$2 n=$3 timeout=$4 i
+    for (( i = 0; i < timeout * 10; i++ )); do
+        if grep -qE '^(L?ERROR)' "$file" 2>/dev/null; then
+            grep -E '^(L?ERROR)' "$file" >&2
+            return 1
+        fi
+        [ "$(grep -cE "$re" "$file" 2>/dev/null || true)" -ge "$n" ] && return 0
+        sleep 0.1
+    done
+    echo "$file: fewer than $n lines matching $re after $timeout s" >&2
+    tail -3 "$file" >&2
+    return 1
+}
