@@ -6,7 +6,10 @@
  * the device served).
  *
  * Layout (little-endian u64 words): magic, cookie, page index, origin;
- * every other byte zero. Never all-zero, so the kernel always writes it. */
+ * every other byte zero. Never all-zero, so the kernel always writes it.
+ * The cookie is random per arm, and nbd-pagesrv takes a page for a marker
+ * only while told to expect that cookie ('markers COOKIE'), so a guest
+ * page that merely looks like a marker is kept as data. */
 #ifndef SWAPCOPY_SWAPSTUB_MARKER_H
 #define SWAPCOPY_SWAPSTUB_MARKER_H
 
@@ -17,7 +20,6 @@
 #define SWAPSTUB_MARKER_MAGIC   UINT64_C(0x6275747370617773)   /* "swapstub" */
 #define SWAPSTUB_ORIGIN_WRITTEN UINT64_C(0x1)                  /* by swapstub arm */
 #define SWAPSTUB_ORIGIN_DEVICE  UINT64_C(0x2)                  /* by nbd-pagesrv */
-#define SWAPSTUB_MARKER_COOKIE_BITS 16
 #define SWAPSTUB_MARKER_INDEX_BITS 44
 #define SWAPSTUB_PAGE 4096u
 

@@ -323,6 +323,25 @@ static void cmd_device(ControlClient *cl, int argc, char **argv, gpointer data)
     control_reply(cl, out->str);
 }
 
+/* swapstub arm: 'markers COOKIE' before writing its markers, 'markers off'
+ * once the mapping is registered. */
+static void cmd_markers(ControlClient *cl, int argc, char **argv, gpointer data)
+{
+    Dest *d = data;
+    uint64_t cookie = 0;
+    char *end = NULL;
+    if (argc == 2 && strcmp(argv[1], "off") == 0) {
+        page_store_expect_markers(d->ps, false, 0);
+    } else if (argc == 2 && g_ascii_isxdigit(argv[1][0]) &&
+               (cookie = g_ascii_strtoull(argv[1], &end, 16), end && *end == 0)) {
+        page_store_expect_markers(d->ps, true, cookie);
+    } else {
+        control_reply_error(cl, "usage: markers COOKIE_HEX | markers off");
+        return;
+    }
+    control_reply(cl, "{\"ok\":true}");
+}
+
 static void cmd_policy(ControlClient *cl, int argc, char **argv, gpointer data)
 {
     Dest *d = data;
@@ -356,6 +375,8 @@ void dest_register_commands(Dest *d, ControlServer *cs)
                      "mapped page is local", cmd_wait_all_local, d);
     control_register(cs, "slot-states", "slot-states FIRST COUNT: one letter per slot, E(mpty) "
                      "L(ocal) R(emote) M(arker)", cmd_slot_states, d);
+    control_register(cs, "markers", "markers COOKIE_HEX | off: recognise swapstub's marker "
+                     "pages with this cookie (while arming)", cmd_markers, d);
     control_register(cs, "device", "device [PATH]: record or show the block device carrying "
                      "this export", cmd_device, d);
     control_register(cs, "policy", "policy background on|off | bandwidth MIB_PER_S | "

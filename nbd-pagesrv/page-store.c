@@ -51,6 +51,8 @@ struct PageStore {
     void *fetch_opaque;
 
     uint64_t n_ram, n_file, n_remote, n_marker;   /* atomics */
+    bool markers_on;                              /* atomic */
+    uint64_t marker_cookie;                       /* atomic */
 };
 
 static void remote_ref(uint64_t e, unsigned *export_id, uint64_t *page);
@@ -243,18 +245,18 @@ static bool page_is_zero(const unsigned char *p)
 }
 
 #define MARKER_INDEX_MASK ((UINT64_C(1) << SWAPSTUB_MARKER_INDEX_BITS) - 1)
-#define MARKER_COOKIE_MASK ((UINT64_C(1) << SWAPSTUB_MARKER_COOKIE_BITS) - 1)
 
 /* A marker written by swapstub arm: remember which one, store nothing. */
 static bool slot_store_marker(PageStore *ps, uint64_t s, const unsigned char *page)
 {
     uint64_t cookie, index, origin;
-    if (!swapstub_marker_parse(page, &cookie, &index, &origin) ||
-        origin != SWAPSTUB_ORIGIN_WRITTEN || index > MARKER_INDEX_MASK)
+    if (!__atomic_load_n(&ps->markers_on, __ATOMIC_ACQUIRE) ||
+        !swapstub_marker_parse(page, &cookie, &index, &origin) ||
+        origin != SWAPSTUB_ORIGIN_WRITTEN || index > MARKER_INDEX_MASK ||
+        cookie != __atomic_load_n(&ps->marker_cookie, __ATOMIC_RELAXED))
         return false;
     slot_clear(ps, s);
-    ps->slot[s] = make_entry(SLOT_MARKER, (cookie & MARKER_COOKIE_MASK)
-                                              << SWAPSTUB_MARKER_INDEX_BITS | index);
+    ps->slot[s] = make_entry(SLOT_MARKER, index);
     __atomic_add_fetch(&ps->n_marker, 1, __ATOMIC_RELAXED);
     return true;
 }
@@ -306,8 +308,8 @@ static int slot_load(PageStore *ps, uint64_t s, unsigned in, unsigned len, unsig
         return spill_io(ps, false, dst, len, (s << PAGE_SHIFT_BITS) + in);
     case SLOT_MARKER: {
         unsigned char page[PAGE_SIZE_BYTES];
-        swapstub_marker_fill(page, payload_of(e) >> SWAPSTUB_MARKER_INDEX_BITS,
-                             payload_of(e) & MARKER_INDEX_MASK, SWAPSTUB_ORIGIN_DEVICE);
+        swapstub_marker_fill(page, __atomic_load_n(&ps->marker_cookie, __ATOMIC_RELAXED),
+                             payload_of(e), SWAPSTUB_ORIGIN_DEVICE);
         memcpy(dst, page + in, len);
         return 0;
     }
@@ -452,6 +454,12 @@ void page_store_counts(PageStore *ps, PageStoreCounts *out)
     out->file_pages = __atomic_load_n(&ps->n_file, __ATOMIC_RELAXED);
     out->remote_pages = __atomic_load_n(&ps->n_remote, __ATOMIC_RELAXED);
     out->marker_pages = __atomic_load_n(&ps->n_marker, __ATOMIC_RELAXED);
+}
+
+void page_store_expect_markers(PageStore *ps, bool on, uint64_t cookie)
+{
+    __atomic_store_n(&ps->marker_cookie, cookie, __ATOMIC_RELAXED);
+    __atomic_store_n(&ps->markers_on, on, __ATOMIC_RELEASE);
 }
 
 void page_store_set_fetcher(PageStore *ps, PageFetchFn fetch, PagePrefetchFn prefetch,

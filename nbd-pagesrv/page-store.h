@@ -56,6 +56,11 @@ int page_store_discard(PageStore *ps, uint32_t len, uint64_t off);
 void page_store_extents(PageStore *ps, uint32_t len, uint64_t off, GArray *extents);
 void page_store_counts(PageStore *ps, PageStoreCounts *out);
 
+/* Marker pages are recognised only while an arm is in progress, and only
+ * with that arm's 64-bit cookie: a guest page that merely looks like a
+ * marker is stored as data. */
+void page_store_expect_markers(PageStore *ps, bool on, uint64_t cookie);
+
 /* For the migration destination. */
 /* When a read finds a remote slot, the remote slots of the aligned
  * `cluster`-slot window around the read are prefetched first: the kernel's

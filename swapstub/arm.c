@@ -309,6 +309,15 @@ static bool verify_slots(SwapStub *s, GError **error)
     return true;
 }
 
+/* From here on, pages that look like markers are the guest's data. */
+static void markers_off(SwapStub *s)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *ok = swapstub_control(s->control, "markers off", &err);
+    if (!ok)
+        g_warning("swapstub: 'markers off': %s", err->message);
+}
+
 /* Undo a failed arm: every page becomes zero, plain memory. */
 static void disarm(SwapStub *s)
 {
@@ -327,6 +336,7 @@ static void disarm(SwapStub *s)
 SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GError **error)
 {
     SwapStubArmReport local = { 0 }, *r = report ? report : &local;
+    g_autofree char *expect = NULL, *ok = NULL;   /* 'markers COOKIE' and its answer */
     memset(r, 0, sizeof *r);
     r->method = "stock";
     if (swapstub_kernel_has_madv_swapstub())
@@ -357,8 +367,10 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
 
     uint64_t markers_before;
     int64_t baseline = swapdev_swap_cached_pages();
-    uint64_t cookie = g_random_int() & 0xffff;
-    if (!daemon_marker_pages(s, &markers_before, error) || !write_markers(s, cookie, error) ||
+    uint64_t cookie = (uint64_t)g_random_int() << 32 | g_random_int();
+    expect = g_strdup_printf("markers %" G_GINT64_MODIFIER "x", cookie);
+    if (!(ok = swapstub_control(s->control, expect, error)) ||
+        !daemon_marker_pages(s, &markers_before, error) || !write_markers(s, cookie, error) ||
         !target_madvise(&s->t, s->addr, s->pages * SS_PAGE, MADV_PAGEOUT, error) ||
         !wait_markers_written(s, markers_before, error) || !collect_slots(s, error) ||
         !evict(s, cfg->evict_seconds ? cfg->evict_seconds : 10, baseline, false, r, error) ||
@@ -380,10 +392,12 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
     }
     if (!verify_slots(s, error))
         goto fail;
+    markers_off(s);
     r->seconds = (double)(g_get_monotonic_time() - t0) / 1e6;
     return s;
 
 fail:
+    markers_off(s);
     disarm(s);
 fail_early:
     swapstub_free(s);

@@ -602,3 +602,19 @@ PY
     # The destination keeps serving what it pulled.
     verify_all
 }
+
+@test "markers: only the cookie of the arm in progress makes a page a marker; look-alikes stay data" {
+    mk_src 16
+    src_start
+    dst_start 16384
+    # No arm in progress: a page that looks like a marker is the guest's data.
+    "$TESTBIN/marker-check" "$NBD_SOCK" 1234abcd 10 data
+    "$PAGESRV_CTL" "$CTL_SOCK" markers 1234abcd
+    "$TESTBIN/marker-check" "$NBD_SOCK" 1234abcd 11 marker
+    [ "$(stat_field store.marker_pages)" -eq 1 ]
+    # Another cookie, even while arming: data.
+    "$TESTBIN/marker-check" "$NBD_SOCK" 99 12 data
+    "$PAGESRV_CTL" "$CTL_SOCK" markers off
+    "$TESTBIN/marker-check" "$NBD_SOCK" 1234abcd 13 data
+    [ "$(stat_field store.marker_pages)" -eq 1 ]
+}
