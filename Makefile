@@ -43,7 +43,7 @@ GUEST_CFLAGS := -std=c11 -m32 -march=i686 -mgeneral-regs-only -ffreestanding -fn
 # Keep objects of the pattern-built programs between runs.
 .SECONDARY:
 
-.PHONY: all deps check check-sanitizers demo demo-swap bench install clean distclean
+.PHONY: all deps check check-sanitizers demo demo-swap bench qemu install clean distclean
 all: $(PROGRAMS) $(LIBSWAPSTUB) $(TEST_PROGS) $(BENCH_PROGS) $(GUEST_ELF)
 
 config.mk: configure scripts/install-deps.sh
@@ -102,6 +102,10 @@ check-sanitizers:
 
 demo: all
 	SWAPCOPY_BUILD=$(abspath $(B)) scripts/demo.sh
+
+# Debian's QEMU 7.2 with qemu-patches/ (cached under /var/cache/swapcopy/qemu).
+qemu: $(LIBSWAPSTUB)
+	qemu-patches/build.sh
 
 # The swap device alone: a region paged out to nbd-pagesrv and back.
 demo-swap: all

@@ -1,0 +1,110 @@
+#!/usr/bin/env bats
+# Issue 5, part 2: the patched QEMU (qemu-patches/) migrating the memwalk
+# guest with the postcopy-swap capability: the source serves its ordinary
+# anonymous RAM over NBD, the destination (-postcopy swap,src=...) sets up
+# the swap device, arms its RAM in-process with libswapstub before any
+# device state loads, streams, converts and finishes by itself.
+
+load lib/common
+load lib/migration
+load lib/guest
+load lib/qemu-patched
+
+bats_require_minimum_version 1.5.0
+
+setup_file() {
+    [ "$(id -u)" = 0 ] || { echo "needs root (swap, loop devices, FUSE)" >&2; return 1; }
+    guest_check_prereqs
+    # Builds the patched QEMU once (about 5 minutes), then it is cached.
+    qp_binary
+}
+
+setup() {
+    BEFORE=$(machine_state)
+    qp_binary
+}
+
+teardown() {
+    run_deferred
+    [ "$(machine_state)" = "$BEFORE" ] || { echo "left behind:"; machine_state; false; }
+}
+
+@test "patched QEMU, paused source: the destination's RAM is the source's, byte for byte" {
+    qp_pair_start 128
+    GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG guest_wait_pass 1 60
+    qp_qmp "$SRC_QMP" stop
+    qp_qmp "$SRC_QMP" pmemsave '{"val":0,"size":134217728,"filename":"'"$BATS_TEST_TMPDIR/src.ram"'"}'
+    run qp_migrate
+    echo "$output"
+    [ "$status" -eq 0 ]
+    m=$output
+    [ "$(json_get "$m" src.status)" = completed ]
+    [ "$(json_get "$m" dst.status)" = completed ]
+    [ "$(json_get "$m" dst.postcopy-swap.state)" = finished ]
+    total=$(json_get "$m" dst.postcopy-swap.pages-total)
+    [ "$total" -ge 32768 ]   # 128 MiB of RAM plus the firmware's blocks
+    [ "$(json_get "$m" dst.postcopy-swap.pages-local)" -eq "$total" ]
+    # The source was paused, so the destination must hold exactly its RAM.
+    [ "$(qp_status "$DST_QMP")" = paused ]
+    qp_qmp "$DST_QMP" pmemsave '{"val":0,"size":134217728,"filename":"'"$BATS_TEST_TMPDIR/dst.ram"'"}'
+    cmp "$BATS_TEST_TMPDIR/src.ram" "$BATS_TEST_TMPDIR/dst.ram"
+    # ... and it keeps walking from there once continued.
+    last=$(GUEST_LOG=$SRC_LOG guest_last_pass)
+    qp_qmp "$DST_QMP" cont
+    GUEST_LOG=$DST_LOG GUEST_PID=$DST_PID GUEST_QEMU_LOG=$DST_QEMU_LOG guest_wait_pass $(( last + 2 )) 60
+    # The swap device is gone: QEMU tore it down once every page was local.
+    [ ! -e "$BATS_TEST_TMPDIR/run/$QP_SWAP_NAME" ]
+}
+
+@test "patched QEMU, running memwalk: migration completes and the guest keeps passing on the destination" {
+    qp_pair_start 128
+    GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG guest_wait_pass 2 60
+    run qp_migrate
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$(qp_status "$SRC_QMP")" = postmigrate ]
+    [ "$(qp_status "$DST_QMP")" = running ]
+    last=$(GUEST_LOG=$SRC_LOG guest_last_pass)
+    GUEST_LOG=$DST_LOG GUEST_PID=$DST_PID GUEST_QEMU_LOG=$DST_QEMU_LOG guest_wait_pass $(( last + 3 )) 60
+    GUEST_LOG=$DST_LOG run guest_errors
+    [ "$status" -ne 0 ]
+    GUEST_LOG=$SRC_LOG run guest_errors
+    [ "$status" -ne 0 ]
+    # info migrate shows the progress too.
+    info=$(qp_qmp "$DST_QMP" human-monitor-command '{"command-line":"info migrate"}')
+    [[ "$info" == *"postcopy-swap: finished"* ]]
+    # The source's exporter has exited (the destination has every page),
+    # and QEMU tore the swap device down once every page was local.
+    run ! pgrep -f "nbd-pagesrv --export pc.ram=/proc/$SRC_PID/mem"
+    [ ! -e "$BATS_TEST_TMPDIR/run/$QP_SWAP_NAME" ]
+}
+
+@test "patched QEMU: a destination without -postcopy swap fails the migration and the source keeps running" {
+    QP_DST_POSTCOPY="" qp_pair_start 128
+    GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG guest_wait_pass 1 60
+    run qp_migrate
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [ "$(json_get "$output" src.status)" = failed ]
+    grep -q "Capability postcopy-swap is off, but received capability is on" "$DST_QEMU_LOG"
+    [ "$(qp_status "$SRC_QMP")" = running ]
+    last=$(GUEST_LOG=$SRC_LOG guest_last_pass)
+    GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG guest_wait_pass $(( last + 2 )) 60
+    run ! pgrep -f "nbd-pagesrv --export pc.ram=/proc/$SRC_PID/mem"
+}
+
+@test "patched QEMU: cancel before the switchover leaves the source running unchanged" {
+    qp_pair_start 128
+    GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG guest_wait_pass 1 60
+    # The destination arms its RAM for seconds before it loads anything.
+    run qp_migrate --cancel-after 1
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$(qp_status "$SRC_QMP")" = running ]
+    last=$(GUEST_LOG=$SRC_LOG guest_last_pass)
+    GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG guest_wait_pass $(( last + 2 )) 60
+    run ! pgrep -f "nbd-pagesrv --export pc.ram=/proc/$SRC_PID/mem"
+    # The destination gave up (its stream broke) and tore its swap device down.
+    wait_for bash -c "! kill -0 $DST_PID"
+    [ ! -e "$BATS_TEST_TMPDIR/run/$QP_SWAP_NAME" ]
+}
