@@ -28,11 +28,11 @@ teardown() {
     [ "$(json_get "$st" state)" = complete ]
     [ "$(json_get "$st" pages.total)" -eq 16384 ]
     [ "$(json_get "$st" bytes_fetched)" -gt 0 ]
-    # After finish no page of the region is on the device (e2e-workload
-    # checked pagemap); "Used" may only hold other processes' pages, since
-    # ours is the highest-priority swap device: far less than the region.
-    used=$(awk -v d="$(readlink -f "$DEVICE")" '$1 == d {print $4}' /proc/swaps)
-    [ "$used" -lt 4096 ]
+    # After finish no page of the region refers to the device (pagemap).
+    # /proc/swaps' "Used" is no measure of that: ours is the top-priority
+    # swap device, so other processes' pages paged out meanwhile (a DAMON
+    # page-out scheme runs on these hosts) land there too.
+    [[ "$output" == *"pages_on_device_after_finish=0"* ]]
 }
 
 @test "pages swapped out again while postcopy runs come back intact" {

@@ -253,6 +253,11 @@ int main(int argc, char **argv)
         return 1;
     }
     uint64_t t_finish = now_us();
+    int64_t on_device = swapstub_pages_on_device(s, &error);
+    if (on_device < 0) {
+        fprintf(stderr, "e2e-workload: %s\n", error->message);
+        return 1;
+    }
     /* After finishing, everything must still be right. */
     for (uint64_t i = 0; i < w.pages; i++)
         check_page(&w, i);
@@ -271,10 +276,11 @@ int main(int argc, char **argv)
            (double)(t_finish - t_start) / 1e6);
     printf("first_touch_us p50=%" G_GUINT64_FORMAT " p99=%" G_GUINT64_FORMAT " max=%" G_GUINT64_FORMAT
            " bytes_fetched=%" G_GUINT64_FORMAT "\n", p50, p99, max, bytes);
+    printf("pages_on_device_after_finish=%" G_GINT64_FORMAT "\n", on_device);
     bool all_touched = true;
     for (uint64_t i = 0; i < w.pages; i++)
         all_touched &= w.touched[i];
-    bool pass = !w.wrong && all_touched;
+    bool pass = !w.wrong && all_touched && on_device == 0;
     if (pass)
         printf("RESULT: PASS every page verified\n");
     else

@@ -404,7 +404,7 @@ static void print_report(const Report *r, bool json, const char *device, unsigne
 int main(int argc, char **argv)
 {
     g_autofree char *device = NULL;
-    gint mib = 0, max_rounds = 50;
+    gint mib = 0, max_rounds = 150;
     gint64 seed = 1;
     gboolean json = FALSE, show_progress = FALSE;
     GOptionEntry entries[] = {
@@ -412,7 +412,7 @@ int main(int argc, char **argv)
         { "mib", 0, 0, G_OPTION_ARG_INT, &mib, "size of the region", "N" },
         { "seed", 0, 0, G_OPTION_ARG_INT64, &seed, "pattern seed (default 1)", "N" },
         { "max-rounds", 0, 0, G_OPTION_ARG_INT, &max_rounds,
-          "eviction rounds before giving up (default 50)", "N" },
+          "eviction rounds before giving up (default 150)", "N" },
         { "progress", 0, 0, G_OPTION_ARG_NONE, &show_progress, "progress on stderr", NULL },
         { "json", 0, 0, G_OPTION_ARG_NONE, &json, "one JSON object on stdout", NULL },
         { NULL, 0, 0, 0, NULL, NULL, NULL },
