@@ -66,13 +66,16 @@ while read -r dev _ _ _ prio; do
 done </proc/swaps
 
 if [ -z "$size" ]; then
-    # Twice (exports + what is already swapped), so that arming keeps every
-    # device's total under half full (kernel-facts.md, point 6).
+    # Four times (exports + what is already swapped) plus 256 MiB: arming
+    # must keep every device's total under half full (kernel-facts.md,
+    # point 6), and as the top-priority device ours also receives whatever
+    # else the host pages out meanwhile (e.g. a DAMON page-out scheme).
+    # Slots nobody uses cost nothing.
     exports=$(nbdinfo --json --list "nbd://${src%:*}:${src##*:}" 2>/dev/null |
               python3 -c 'import json,sys; print(sum(e["export-size"] for e in json.load(sys.stdin)["exports"]))') ||
         die "cannot list the exports of the source $src: is 'nbd-pagesrv --export NAME=FILE --listen $src' running there?"
     used_kb=$(awk 'NR>1 {u+=$4} END {print u+0}' /proc/swaps)
-    size=$(( (2 * (exports + used_kb * 1024) + (64 << 20)) / 1048576 * 1048576 ))
+    size=$(( (4 * (exports + used_kb * 1024) + (256 << 20)) / 1048576 * 1048576 ))
 fi
 
 mkdir -p "$state"
