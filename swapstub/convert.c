@@ -9,6 +9,7 @@
 
 #define FINISH_CHUNK_PAGES 512         /* 2 MiB per step */
 #define PREFETCH_CHUNKS 16             /* swap-in reads kept in flight ahead: 32 MiB */
+#define FINISH_SWEEPS 5
 #define STATES_PER_QUERY 65536
 
 static bool swap_in(SwapStub *s, uint64_t first, uint64_t n, unsigned char *scratch,
@@ -161,14 +162,29 @@ bool swapstub_finish(SwapStub *s, bool wait_all_local, SwapStubProgress progress
     memset(s->converted, 1, s->pages * sizeof(bool));
     if (!target_is_self(&s->t))
         return true;   /* read faults keep their slots until swapoff */
-    int64_t left = swapstub_pages_on_device(s, error);
-    if (left < 0)
-        return false;
-    if (left > 0) {
-        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
-                    "%" G_GINT64_FORMAT " pages of the region still refer to %s after "
-                    "finishing", left, s->device);
-        return false;
+    /* Until the device is detached it is the top-priority swap device, so
+     * the kernel (reclaim, or a DAMON page-out scheme) may page some of the
+     * region out to it again right after it was swapped in: sweep the
+     * stragglers a few times before calling it a failure. */
+    int64_t left = 0;
+    for (int sweep = 0; sweep < FINISH_SWEEPS; sweep++) {
+        g_autofree uint64_t *pm = g_new(uint64_t, s->pages);
+        if (!target_pagemap(&s->t, s->addr, s->pages, pm, error))
+            return false;
+        left = 0;
+        for (uint64_t i = 0; i < s->pages; i++) {
+            if (!(pm[i] & PM_SWAPPED) || pm_swap_type(pm[i]) != s->type)
+                continue;
+            left++;
+            if (!swap_in(s, i, 1, scratch, error))
+                return false;
+        }
+        if (left == 0)
+            return true;
     }
-    return true;
+    g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                "%" G_GINT64_FORMAT " pages of the region still refer to %s after finishing "
+                "and %d sweeps: is something paging this memory out as fast as it comes in?",
+                left, s->device, FINISH_SWEEPS);
+    return false;
 }
