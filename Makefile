@@ -96,9 +96,15 @@ check: all
 # The same suite built with ASan/UBSan, in its own build directory.
 # fast_unwind_on_malloc=0: GLib has no frame pointers, and a leak report
 # that stops at g_malloc says nothing.
+# tests/vm.bats is left out here: an ASan build inside a TCG VM is slow
+# enough that the kernel nbd connection was once reset mid-run (under
+# investigation); the same code runs under ASan on the host in e2e.bats,
+# and vm.bats runs with the plain build in 'make check'.
+SANITIZER_TESTS := $(filter-out tests/vm.bats,$(wildcard tests/*.bats))
 check-sanitizers:
 	ASAN_OPTIONS=fast_unwind_on_malloc=0:malloc_context_size=20 \
-	$(MAKE) BUILDDIR=build-san SANITIZERS=yes SUMMARY_LABEL=sanitizers: check
+	$(MAKE) BUILDDIR=build-san SANITIZERS=yes SUMMARY_LABEL=sanitizers: \
+		TESTS="$(or $(TESTS),$(SANITIZER_TESTS))" check
 
 demo: all
 	SWAPCOPY_BUILD=$(abspath $(B)) scripts/demo.sh
