@@ -373,7 +373,7 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
         !daemon_marker_pages(s, &markers_before, error) || !write_markers(s, cookie, error) ||
         !target_madvise(&s->t, s->addr, s->pages * SS_PAGE, MADV_PAGEOUT, error) ||
         !wait_markers_written(s, markers_before, error) || !collect_slots(s, error) ||
-        !evict(s, cfg->evict_seconds ? cfg->evict_seconds : 10, baseline, false, r, error) ||
+        !evict(s, cfg->evict_seconds ? cfg->evict_seconds : 30, baseline, false, r, error) ||
         !register_mapping(s, r, error))
         goto fail;
     /* A kernel readahead between the last check and the mapping could have

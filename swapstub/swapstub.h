@@ -23,7 +23,7 @@ typedef struct {
     const char *device;        /* the swap device it serves (as /proc/swaps names it) */
     const char *export_name;   /* source export holding the region's content */
     uint64_t export_page;      /* export page that holds the region's first page */
-    unsigned evict_seconds;    /* time allowed to empty the swap cache; 0 = 10 */
+    unsigned evict_seconds;    /* time allowed to empty the swap cache; 0 = 30 */
 } SwapStubConfig;
 
 typedef struct {
