@@ -114,7 +114,9 @@ swap_used_kib() {
     echo "server: writes $w0 -> $w1, bytes.written $bw0 -> $bw1, bytes.read $br0 -> $br1"
     [ "$w1" -gt "$w0" ]
     [ $(( bw1 - bw0 )) -ge "$region" ]
-    [ $(( br1 - br0 )) -ge "$region" ]
+    # At least 99%: swap-roundtrip tolerates up to 1% of pages that stay in
+    # the swap cache on hosts with a DAMON page-out scheme.
+    [ $(( (br1 - br0) * 100 )) -ge $(( region * 99 )) ]
 }
 
 @test "pages swapped out twice with different contents come back as the second version" {

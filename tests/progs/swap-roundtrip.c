@@ -298,11 +298,20 @@ static bool evict(unsigned char *mem, uint64_t pages, unsigned max_rounds, Repor
             return true;
         }
         if (round == max_rounds) {
+            /* On hosts with a DAMON page-out scheme a handful of pages
+             * sometimes stay cached however long we try. Their bytes are
+             * still checked below; they just are not read from the device.
+             * More than 1% means something is really wrong. */
+            bool tolerated = resident * 100 <= pages;
             fprintf(stderr, "%s: %" PRIu64 " of %" PRIu64 " pages still resident after %u "
-                    "rounds of MADV_POPULATE_READ + MADV_PAGEOUT: writeback to the device "
-                    "is stuck or very slow, or swap is over half full\n", prog, resident,
-                    pages, max_rounds);
-            return false;
+                    "rounds of MADV_POPULATE_READ + MADV_PAGEOUT%s\n", prog, resident,
+                    pages, max_rounds,
+                    tolerated ? " (tolerated, at most 1%: checked, but served from the "
+                                "swap cache)"
+                              : ": writeback to the device is stuck or very slow, or swap "
+                                "is over half full");
+            r->evicted_rounds = round;
+            return tolerated;
         }
         if (round > 0)
             g_usleep(MIN(10000u << MIN(round, 5u), 200000u));
@@ -404,7 +413,7 @@ static void print_report(const Report *r, bool json, const char *device, unsigne
 int main(int argc, char **argv)
 {
     g_autofree char *device = NULL;
-    gint mib = 0, max_rounds = 150;
+    gint mib = 0, max_rounds = 60;
     gint64 seed = 1;
     gboolean json = FALSE, show_progress = FALSE;
     GOptionEntry entries[] = {
@@ -412,7 +421,7 @@ int main(int argc, char **argv)
         { "mib", 0, 0, G_OPTION_ARG_INT, &mib, "size of the region", "N" },
         { "seed", 0, 0, G_OPTION_ARG_INT64, &seed, "pattern seed (default 1)", "N" },
         { "max-rounds", 0, 0, G_OPTION_ARG_INT, &max_rounds,
-          "eviction rounds before giving up (default 150)", "N" },
+          "eviction rounds before giving up (default 60)", "N" },
         { "progress", 0, 0, G_OPTION_ARG_NONE, &show_progress, "progress on stderr", NULL },
         { "json", 0, 0, G_OPTION_ARG_NONE, &json, "one JSON object on stdout", NULL },
         { NULL, 0, 0, 0, NULL, NULL, NULL },
