@@ -72,8 +72,11 @@ if ! ls "$srcdir"/qemu_7.2*.dsc >/dev/null 2>&1; then
        ! grep -qs '^deb-src' /etc/apt/sources.list; then
         # deb-src twin of every deb822 entry that serves Debian itself.
         log "adding deb-src entries to /etc/apt/sources.list.d/swapcopy-deb-src.sources"
-        for f in /etc/apt/sources.list.d/*.sources; do
-            grep -q 'debian' "$f" || continue
+        # The list is taken before the redirection creates our own file,
+        # which must not be read back into itself.
+        others=(/etc/apt/sources.list.d/*.sources)
+        for f in "${others[@]}"; do
+            [ -e "$f" ] && grep -q 'debian' "$f" || continue
             sed -n '/^Types:/,/^$/p' "$f" | sed 's/^Types:.*/Types: deb-src/'
             echo
         done >/etc/apt/sources.list.d/swapcopy-deb-src.sources
