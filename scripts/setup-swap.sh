@@ -2,7 +2,10 @@
 # setup-swap.sh: on the migration destination, start nbd-pagesrv pulling
 # from the source, attach its export as a block device and make it the
 # highest-priority swap device. Prints shell-readable KEY=VALUE lines:
-#   NAME= STATE= DEVICE= SOCKET= CONTROL= PID= SIZE=
+#   NAME= STATE= DEVICE= SOCKET= CONTROL= PID= SIZE= STUB=
+# On a kernel with mm-patch-madvise the device is stub-only by default
+# (swapstub swapon --stub): ordinary swap-out never uses it, and swapstub
+# arms with MADV_SWAPSTUB, without I/O.
 # Undo everything with: scripts/teardown-swap.sh --name NAME
 set -euo pipefail
 
@@ -13,19 +16,23 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 usage() {
     cat <<USAGE
 Usage: setup-swap.sh --src HOST:PORT [--name NAME] [--size SIZE] [--state-dir DIR]
-                     [--pagesrv PATH] [--fault-timeout SECS]
+                     [--pagesrv PATH] [--fault-timeout SECS] [--stub|--no-stub]
 
   --src HOST:PORT     the migration source's nbd-pagesrv (--export ... --listen)
   --name NAME         name of this swap device (default: swapcopy)
   --size SIZE         device size (default: twice the source's exports plus what
                       is already swapped, so swap stays under half full)
   --state-dir DIR     where sockets, logs and state live (default: /run/swapcopy)
+  --stub, --no-stub   swapon as a stub-only device (SWAP_FLAG_STUB: swap-out never
+                      allocates there; arming uses MADV_SWAPSTUB) or as ordinary
+                      swap; default: stub-only if the kernel offers it
+                      (/sys/kernel/mm/swap/swapstub, mm-patch-madvise)
 USAGE
 }
 
 die() { echo "setup-swap: $*" >&2; exit 1; }
 
-src="" name=swapcopy size="" state_root=/run/swapcopy fault_timeout=""
+src="" name=swapcopy size="" state_root=/run/swapcopy fault_timeout="" stub=auto
 pagesrv=${SWAPCOPY_BUILD:-$here/../build}/nbd-pagesrv
 [ -x "$pagesrv" ] || pagesrv=$(command -v nbd-pagesrv || true)
 while [ $# -gt 0 ]; do
@@ -36,6 +43,8 @@ while [ $# -gt 0 ]; do
         --state-dir) state_root=$2; shift 2 ;;
         --pagesrv) pagesrv=$2; shift 2 ;;
         --fault-timeout) fault_timeout=$2; shift 2 ;;
+        --stub) stub=yes; shift ;;
+        --no-stub) stub=no; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument '$1'" ;;
     esac
@@ -49,6 +58,15 @@ done
 zswap_param=${SWAPCOPY_ZSWAP_ENABLED:-/sys/module/zswap/parameters/enabled}
 if [ -r "$zswap_param" ] && grep -qi '^[y1]' "$zswap_param"; then
     die "zswap is enabled: swapped-out pages would stay compressed in RAM and never reach the device; disable it: echo N > /sys/module/zswap/parameters/enabled"
+fi
+if [ "$stub" = auto ]; then
+    if [ -e /sys/kernel/mm/swap/swapstub ]; then stub=yes; else stub=no; fi
+elif [ "$stub" = yes ] && [ ! -e /sys/kernel/mm/swap/swapstub ]; then
+    die "--stub: this kernel has no /sys/kernel/mm/swap/swapstub (no SWAP_FLAG_STUB): boot a kernel with mm-patch-madvise (make kernel), or leave --stub out"
+fi
+swapstub_bin=${pagesrv%/*}/swapstub
+if [ "$stub" = yes ] && [ ! -x "$swapstub_bin" ]; then
+    swapstub_bin=$(command -v swapstub) || die "a stub-only device is set up with 'swapstub swapon --stub', and swapstub is neither beside $pagesrv nor in PATH: run 'make'"
 fi
 state=$state_root/$name
 if [ -e "$state" ]; then
@@ -104,7 +122,12 @@ device=$(blockdev_attach "$sock" "$state")
 echo "$device" >"$state/device"
 label=sc-$name
 mkswap -L "${label:0:16}" "$device" >/dev/null
-swapon -p 32767 --discard=pages "$device"
+if [ "$stub" = yes ]; then
+    # util-linux's swapon cannot pass SWAP_FLAG_STUB.
+    "$swapstub_bin" swapon --stub --priority 32767 --discard-pages "$device" >/dev/null
+else
+    swapon -p 32767 --discard=pages "$device"
+fi
 "${pagesrv%/*}/pagesrv-ctl" "$ctl" device "$device" >/dev/null
 touch "$state/swapon"
 trap - ERR
@@ -117,4 +140,5 @@ SOCKET=$sock
 CONTROL=$ctl
 PID=$(cat "$state/pagesrv.pid")
 SIZE=$size
+STUB=$stub
 OUT

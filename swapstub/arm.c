@@ -10,7 +10,6 @@
 #include "swapstub-marker.h"
 
 #define BATCH_PAGES 256                /* 1 MiB of markers per write */
-#define SWAPSTUB_SYSFS "/sys/kernel/mm/swap/swapstub"
 #define MARKER_WAIT_US (30 * G_USEC_PER_SEC)
 
 SwapStub *swapstub_new(const SwapStubConfig *cfg, GError **error)
@@ -271,7 +270,7 @@ static bool evict(SwapStub *s, unsigned max_rounds, int64_t baseline, bool mappe
     return false;
 }
 
-static bool register_mapping(SwapStub *s, SwapStubArmReport *r, GError **error)
+bool swapstub_register_mapping(SwapStub *s, SwapStubArmReport *r, GError **error)
 {
     for (uint64_t i = 0; i < s->pages;) {
         uint64_t j = i + 1;
@@ -291,7 +290,7 @@ static bool register_mapping(SwapStub *s, SwapStubArmReport *r, GError **error)
 
 /* Nothing may have moved: every page still swapped out to the slot that
  * was registered for it. */
-static bool verify_slots(SwapStub *s, GError **error)
+bool swapstub_verify_slots(SwapStub *s, GError **error)
 {
     g_autofree uint64_t *pm = g_new(uint64_t, s->pages);
     if (!target_pagemap(&s->t, s->addr, s->pages, pm, error))
@@ -319,7 +318,7 @@ static void markers_off(SwapStub *s)
 }
 
 /* Undo a failed arm: every page becomes zero, plain memory. */
-static void disarm(SwapStub *s)
+void swapstub_disarm(SwapStub *s)
 {
     g_autoptr(GError) err = NULL;
     static const unsigned char zero[SS_PAGE * 16];
@@ -339,9 +338,6 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
     g_autofree char *expect = NULL, *ok = NULL;   /* 'markers COOKIE' and its answer */
     memset(r, 0, sizeof *r);
     r->method = "stock";
-    if (swapstub_kernel_has_madv_swapstub())
-        g_message("swapstub: this kernel offers MADV_SWAPSTUB (%s), but this libswapstub "
-                  "does not use it yet; arming the stock-kernel way", SWAPSTUB_SYSFS);
     gint64 t0 = g_get_monotonic_time();
     SwapDevInfo dev;
     if (!swapdev_check_zswap(error) || !swapdev_lookup(cfg->device, &dev, error))
@@ -351,6 +347,25 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
         return NULL;
     s->type = dev.type;
     r->pages = s->pages;
+
+    /* A kernel with mm-patch-madvise and a stub-only device: no I/O. */
+    int advice = 0, use_madvise = swapstub_madvise_choose(s, &advice, error);
+    if (use_madvise < 0)
+        goto fail_early;
+    if (use_madvise) {
+        if (dev.size_pages - dev.used_pages < s->pages) {
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_NOSPC,
+                        "%s has %" G_GUINT64_FORMAT " free slots, the region %" G_GUINT64_FORMAT
+                        " pages: make it larger (setup-swap.sh --size)", cfg->device,
+                        dev.size_pages - dev.used_pages, s->pages);
+            goto fail_early;
+        }
+        if (!target_check_private_anon(&s->t, s->addr, s->pages * SS_PAGE, error) ||
+            !swapstub_arm_madvise(s, advice, r, error))
+            goto fail_early;
+        r->seconds = (double)(g_get_monotonic_time() - t0) / 1e6;
+        return s;
+    }
     if ((dev.total_used_pages + s->pages) * 2 >= dev.total_pages) {
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_NOSPC,
                     "arming %" G_GUINT64_FORMAT " pages would leave swap at least half full "
@@ -374,7 +389,7 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
         !target_madvise(&s->t, s->addr, s->pages * SS_PAGE, MADV_PAGEOUT, error) ||
         !wait_markers_written(s, markers_before, error) || !collect_slots(s, error) ||
         !evict(s, cfg->evict_seconds ? cfg->evict_seconds : 30, baseline, false, r, error) ||
-        !register_mapping(s, r, error))
+        !swapstub_register_mapping(s, r, error))
         goto fail;
     /* A kernel readahead between the last check and the mapping could have
      * cached a marker: look again without reading anything (a read would
@@ -390,7 +405,7 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
                     swapdev_swap_cached_pages(), baseline);
         goto fail;
     }
-    if (!verify_slots(s, error))
+    if (!swapstub_verify_slots(s, error))
         goto fail;
     markers_off(s);
     r->seconds = (double)(g_get_monotonic_time() - t0) / 1e6;
@@ -398,7 +413,7 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
 
 fail:
     markers_off(s);
-    disarm(s);
+    swapstub_disarm(s);
 fail_early:
     swapstub_free(s);
     return NULL;

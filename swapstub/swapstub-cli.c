@@ -1,10 +1,12 @@
 /* swapstub: arm a region of a process (typically a QEMU waiting for an
  * incoming migration) as swapped out to swapcopy's device, show what it
- * is doing, and convert it back when the migration is done. */
+ * is doing, and convert it back when the migration is done; and swapon a
+ * device as stub-only (SWAP_FLAG_STUB), which util-linux cannot. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/swap.h>
 #include <unistd.h>
 
 #include "swapstub.h"
@@ -15,7 +17,15 @@ typedef struct {
     gint64 export_page;
     gboolean no_wait;
     gboolean quiet;
+    gboolean stub, discard_pages;
+    gint priority;
 } Args;
+
+/* swapon(2) flags of include/linux/swap.h that glibc does not define. */
+#ifndef SWAP_FLAG_DISCARD_PAGES
+#define SWAP_FLAG_DISCARD_PAGES 0x40000
+#endif
+#define SWAP_FLAG_STUB 0x80000          /* mm-patch-madvise */
 
 static bool parse_u64_arg(const char *what, const char *s, uint64_t *out, GError **error)
 {
@@ -121,9 +131,54 @@ static int cmd_status(const Args *a, GError **error)
     return 0;
 }
 
+/* swapon DEVICE [--stub] [--priority N] [--discard-pages]: what
+ * `swapon -p N --discard=pages` does, plus SWAP_FLAG_STUB. */
+static int cmd_swapon(const Args *a, const char *device, GError **error)
+{
+    int flags = 0;
+    if (!device) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                    "needs the device: swapstub swapon [--stub] [--priority N] "
+                    "[--discard-pages] DEVICE");
+        return 1;
+    }
+    if (a->priority > 32767) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "--priority %d: swap priorities go from 0 to 32767", a->priority);
+        return 1;
+    }
+    if (a->priority >= 0)
+        flags |= SWAP_FLAG_PREFER | ((a->priority << SWAP_FLAG_PRIO_SHIFT) & SWAP_FLAG_PRIO_MASK);
+    if (a->discard_pages)
+        flags |= SWAP_FLAG_DISCARD | SWAP_FLAG_DISCARD_PAGES;
+    if (a->stub) {
+        if (!swapstub_kernel_has_madv_swapstub()) {
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_NOSYS,
+                        "--stub: this kernel has no /sys/kernel/mm/swap/swapstub, so no "
+                        "SWAP_FLAG_STUB: boot a kernel with mm-patch-madvise (make kernel), or "
+                        "leave --stub out");
+            return 1;
+        }
+        flags |= SWAP_FLAG_STUB;
+    }
+    if (swapon(device, flags) < 0) {
+        int err = errno;
+        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err),
+                    "swapon(%s, 0x%x%s) failed: %s (%s)", device, (unsigned)flags,
+                    a->stub ? ", SWAP_FLAG_STUB" : "", g_strerror(err),
+                    err == EBUSY ? "already swap, or in use: see /proc/swaps" :
+                    err == EINVAL ? "no swap signature (run mkswap first), or flags this "
+                                    "kernel does not know" :
+                    err == EPERM ? "needs root (CAP_SYS_ADMIN)" : "see dmesg");
+        return 1;
+    }
+    printf("swapon %s priority=%d stub=%s\n", device, a->priority, a->stub ? "yes" : "no");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    Args a = { 0 };
+    Args a = { .priority = -1 };
     GOptionEntry entries[] = {
         { "pid", 0, 0, G_OPTION_ARG_INT, &a.pid, "Process owning the region", "PID" },
         { "addr", 0, 0, G_OPTION_ARG_STRING, &a.addr, "Start address of the region", "ADDR" },
@@ -137,30 +192,44 @@ int main(int argc, char **argv)
         { "no-wait", 0, 0, G_OPTION_ARG_NONE, &a.no_wait,
           "finish: do not wait for every page to be local first", NULL },
         { "quiet", 'q', 0, G_OPTION_ARG_NONE, &a.quiet, "No progress line", NULL },
+        { "stub", 0, 0, G_OPTION_ARG_NONE, &a.stub,
+          "swapon: stub-only device (SWAP_FLAG_STUB, mm-patch-madvise)", NULL },
+        { "priority", 0, 0, G_OPTION_ARG_INT, &a.priority, "swapon: priority (0-32767)", "N" },
+        { "discard-pages", 0, 0, G_OPTION_ARG_NONE, &a.discard_pages,
+          "swapon: discard freed slots (as swapon --discard=pages)", NULL },
         { NULL, 0, 0, 0, NULL, NULL, NULL },
     };
     g_autoptr(GError) error = NULL;
-    g_autoptr(GOptionContext) ctx = g_option_context_new("arm|finish|status - swapcopy's region tool");
+    g_autoptr(GOptionContext) ctx =
+        g_option_context_new("arm|finish|status|swapon [DEVICE] - swapcopy's region tool");
     g_option_context_add_main_entries(ctx, entries, NULL);
     g_option_context_set_description(ctx,
         "  arm     set the region up as swapped out to DEV, backed by EXPORT on the source\n"
         "  finish  wait until every page is local, then convert the region back\n"
         "  status  show the daemon's progress (and the region's, given --addr/--len/--device)\n"
+        "  swapon  swapon DEVICE, with --stub as a stub-only device (arming with\n"
+        "          MADV_SWAPSTUB), --priority N, --discard-pages\n"
         "Documentation: docs/swapstub.md");
-    if (!g_option_context_parse(ctx, &argc, &argv, &error) || argc != 2) {
+    bool parsed = g_option_context_parse(ctx, &argc, &argv, &error);
+    bool is_swapon = parsed && argc >= 2 && strcmp(argv[1], "swapon") == 0;
+    if (!parsed || argc != (is_swapon ? 3 : 2)) {
         fprintf(stderr, "swapstub: %s\n", error ? error->message
-                                                 : "give one command: arm, finish or status");
+                : is_swapon ? "swapon takes one device: swapstub swapon [--stub] DEVICE"
+                            : "give one command: arm, finish, status or swapon DEVICE");
         return 2;
     }
     int rc;
-    if (strcmp(argv[1], "arm") == 0)
+    if (is_swapon)
+        rc = cmd_swapon(&a, argv[2], &error);
+    else if (strcmp(argv[1], "arm") == 0)
         rc = cmd_arm(&a, &error);
     else if (strcmp(argv[1], "finish") == 0)
         rc = cmd_finish(&a, &error);
     else if (strcmp(argv[1], "status") == 0)
         rc = cmd_status(&a, &error);
     else {
-        fprintf(stderr, "swapstub: unknown command '%s' (arm, finish, status)\n", argv[1]);
+        fprintf(stderr, "swapstub: unknown command '%s' (arm, finish, status, swapon)\n",
+                argv[1]);
         return 2;
     }
     if (rc)

@@ -6,6 +6,9 @@
 #include "target.h"
 
 #define SS_PAGE 4096u
+/* Where a kernel with mm-patch-madvise announces MADV_SWAPSTUB (and the
+ * advice number). */
+#define SWAPSTUB_SYSFS "/sys/kernel/mm/swap/swapstub"
 
 struct SwapStub {
     Target t;
@@ -21,5 +24,20 @@ struct SwapStub {
 bool json_u64(const char *json, const char *key, uint64_t *out);
 
 SwapStub *swapstub_new(const SwapStubConfig *cfg, GError **error);
+
+/* arm.c, shared by both arming methods: register each run of consecutive
+ * slots with nbd-pagesrv ('map'); check every page is still on its slot;
+ * overwrite the region with zeros after a failed arm. */
+bool swapstub_register_mapping(SwapStub *s, SwapStubArmReport *r, GError **error);
+bool swapstub_verify_slots(SwapStub *s, GError **error);
+void swapstub_disarm(SwapStub *s);
+
+/* arm-madvise.c. Which method arms s: 1 MADV_SWAPSTUB (*advice set), 0 the
+ * stock-kernel recipe, -1 error. SWAPSTUB_ARM_METHOD (auto, stock,
+ * madv_swapstub) overrides the choice. */
+int swapstub_madvise_choose(const SwapStub *s, int *advice, GError **error);
+/* Arm with MADV_SWAPSTUB: no markers, no I/O. On failure the region is
+ * plain memory again (zeros). */
+bool swapstub_arm_madvise(SwapStub *s, int advice, SwapStubArmReport *r, GError **error);
 
 #endif
