@@ -28,6 +28,7 @@ teardown() {
     [ "$(json_get "$st" state)" = complete ]
     [ "$(json_get "$st" pages.total)" -eq 16384 ]
     [ "$(json_get "$st" bytes_fetched)" -gt 0 ]
+    [ "$(stat_field_of "$CONTROL" errors)" -eq 0 ]
     # After finish no page of the region refers to the device (pagemap).
     # /proc/swaps' "Used" is no measure of that: ours is the top-priority
     # swap device, so other processes' pages paged out meanwhile (a DAMON
@@ -45,6 +46,8 @@ teardown() {
     [[ "$output" == *"RESULT: PASS"* ]]
     # Modified pages really went back to the device as writes.
     [ "$(stat_field_of "$CONTROL" requests.write)" -gt 0 ]
+    # No request of the kernel's was answered with an error.
+    [ "$(stat_field_of "$CONTROL" errors)" -eq 0 ]
 }
 
 @test "with background streaming off, every page arrives by demand fault through the kernel" {

@@ -31,12 +31,27 @@ swap_setup() {
     SWAP_STATE_ROOT=$BATS_TEST_TMPDIR/run
     local out
     defer "$SWAPCOPY_SRC/scripts/teardown-swap.sh" --name "$SWAP_NAME" --state-dir "$SWAP_STATE_ROOT"
+    # Runs before the teardown above removes the state directory.
+    defer show_logs_if_failed "$SWAP_STATE_ROOT/$SWAP_NAME/pagesrv.log" "$BATS_TEST_TMPDIR/source.log"
     out=$("$SWAPCOPY_SRC/scripts/setup-swap.sh" --src "127.0.0.1:$SRC_PORT" --name "$SWAP_NAME" \
           --state-dir "$SWAP_STATE_ROOT" "$@") || return 1
     DEVICE=$(sed -n 's/^DEVICE=//p' <<<"$out")
     CONTROL=$(sed -n 's/^CONTROL=//p' <<<"$out")
     STATE=$(sed -n 's/^STATE=//p' <<<"$out")
     [ -b "$DEVICE" ] && [ -S "$CONTROL" ]
+}
+
+# show_logs_if_failed LOG...: a failed test shows what the daemons said
+# (bats prints teardown output only for failed tests, but the logs are
+# gone once teardown-swap.sh has removed the state directory).
+show_logs_if_failed() {
+    local f
+    [ "${BATS_TEST_COMPLETED:-}" = 1 ] && return 0
+    for f in "$@"; do
+        [ -f "$f" ] || continue
+        echo "---- last lines of $f"
+        tail -n 60 "$f"
+    done
 }
 
 # json_get JSON KEY.PATH: one value from a JSON document.
