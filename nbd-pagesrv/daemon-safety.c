@@ -5,6 +5,7 @@
 #include <glib.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #ifndef PR_SET_IO_FLUSHER
@@ -22,18 +23,26 @@ static void lower_oom_score(void)
         close(fd);
 }
 
+/* Locks every page as it is first touched (MCL_ONFAULT), not every
+ * mapping up front: the slot table and the thread stacks are large,
+ * mostly untouched reservations, and under ASan so is the shadow memory.
+ * The raw system call, because ASan intercepts mlockall() and quietly
+ * ignores it: a sanitizer build would otherwise run unlocked, and a
+ * page-out of its own memory to the device it serves is a deadlock
+ * (seen as reads that time out to EIO). */
+static void lock_memory_on_fault(void)
+{
+    if (syscall(SYS_mlockall, MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) < 0)
+        g_warning("mlockall(MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT) failed: %s: the server's own "
+                  "memory may be swapped out to the device it serves (deadlock risk); run as "
+                  "root or raise RLIMIT_MEMLOCK, or pass --no-mlock to silence this",
+                  g_strerror(errno));
+}
+
 void daemon_make_swap_safe(bool lock_memory)
 {
-#ifdef SWAPCOPY_SANITIZED
-    /* ASan reserves terabytes of shadow memory that mlockall cannot lock. */
     if (lock_memory)
-        g_message("sanitizer build: not locking memory (ASan's shadow cannot be locked)");
-    lock_memory = false;
-#endif
-    if (lock_memory && mlockall(MCL_CURRENT | MCL_FUTURE) < 0)
-        g_warning("mlockall failed: %s: the server's own memory may be swapped out to the "
-                  "device it serves (deadlock risk); run as root or raise RLIMIT_MEMLOCK, "
-                  "or pass --no-mlock to silence this", g_strerror(errno));
+        lock_memory_on_fault();
     /* Lets the kernel treat our I/O as part of reclaim (Linux >= 5.6). */
     if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) < 0)
         g_warning("prctl(PR_SET_IO_FLUSHER) failed: %s: writes may stall under memory "
