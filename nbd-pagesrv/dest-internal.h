@@ -29,8 +29,22 @@ typedef struct {
     unsigned char data[PAGE_SIZE_BYTES];
 } DemandEntry;
 
-/* Everything about one source export (a RAM block): its reverse map and
- * the two connections that pull it. */
+/* Background streaming runs on several connections (the source
+ * advertises multi-conn): one TCP stream cannot keep up with the link on
+ * loopback, where the copy through the socket is the cost. Lane k reads
+ * the 256 KiB chunks k, k + STREAM_LANES, k + 2 * STREAM_LANES, ... */
+#define STREAM_LANES 4
+
+typedef struct {
+    Puller *puller;
+    unsigned index;
+    int wake;                      /* eventfd */
+    GThread *thread;
+    bool connected;                /* atomic, for status */
+} StreamLane;
+
+/* Everything about one source export (a RAM block): its reverse map, the
+ * connection for demand faults and the lanes that stream the rest. */
 struct Puller {
     Dest *dest;
     unsigned id;                   /* index in Dest.pullers, stored in REMOTE slots */
@@ -41,10 +55,11 @@ struct Puller {
     uint64_t map_generation;       /* atomic: bumped by every map, so the stream sweeps again */
 
     GQueue demand_queue;           /* DemandEntry*, not yet sent; under Dest.lock */
-    int demand_wake, stream_wake;  /* eventfds */
-    GThread *demand_thread, *stream_thread;
+    int demand_wake;               /* eventfd */
+    GThread *demand_thread;
+    bool demand_connected;         /* atomic, for status */
+    StreamLane lanes[STREAM_LANES];
     bool stop;                     /* atomic: threads leave at the next poll */
-    bool demand_connected, stream_connected;   /* atomic, for status */
 };
 
 struct Dest {
@@ -79,7 +94,11 @@ struct Dest {
 /* puller.c */
 Puller *puller_new(Dest *d, unsigned id, const char *name, uint64_t size, GError **error);
 void puller_start(Puller *p);
-void puller_stop(Puller *p);       /* joins both threads */
+void puller_stop(Puller *p);       /* joins every thread */
+/* New pages were mapped or the policy changed: every lane looks again. */
+void puller_wake_stream(Puller *p);
+/* Stream connections up right now. */
+unsigned puller_stream_connected(Puller *p);
 void puller_free(Puller *p);
 
 static inline uint64_t demand_key(unsigned id, uint64_t page)

@@ -138,7 +138,7 @@ static bool dest_map(Dest *d, uint64_t slot, const char *name, uint64_t page, ui
     }
     __atomic_add_fetch(&d->mapped_total, count, __ATOMIC_RELAXED);
     __atomic_add_fetch(&p->map_generation, 1, __ATOMIC_RELEASE);
-    wake_fd_signal(p->stream_wake);
+    puller_wake_stream(p);
     if (!d->first_map_us)
         d->first_map_us = g_get_monotonic_time();
     d->complete_us = 0;
@@ -220,7 +220,14 @@ void dest_status_json(Dest *d, GString *out)
         rate / 1048576.0, eta, d->reconnects, d->background ? "true" : "false",
         (double)d->bandwidth_bps / 1048576.0, (double)d->fault_timeout_us / 1e6);
     latency_hist_to_json(&d->fetch_latency, out);
-    g_string_append_c(out, '}');
+    unsigned demand_up = 0, stream_up = 0;
+    for (guint i = 0; i < d->pullers->len; i++) {
+        Puller *p = g_ptr_array_index(d->pullers, i);
+        demand_up += __atomic_load_n(&p->demand_connected, __ATOMIC_RELAXED);
+        stream_up += puller_stream_connected(p);
+    }
+    g_string_append_printf(out, ",\"source_connections\":{\"demand\":%u,\"stream\":%u}}",
+                           demand_up, stream_up);
 }
 
 /* ---- control commands ---------------------------------------------------- */
@@ -351,7 +358,7 @@ static void cmd_policy(ControlClient *cl, int argc, char **argv, gpointer data)
         (strcmp(argv[2], "on") == 0 || strcmp(argv[2], "off") == 0)) {
         __atomic_store_n(&d->background, strcmp(argv[2], "on") == 0, __ATOMIC_RELAXED);
         for (guint i = 0; i < d->pullers->len; i++)
-            wake_fd_signal(((Puller *)g_ptr_array_index(d->pullers, i))->stream_wake);
+            puller_wake_stream(g_ptr_array_index(d->pullers, i));
     } else if (argc == 3 && strcmp(argv[1], "bandwidth") == 0 &&
                (v = g_ascii_strtod(argv[2], &end)) >= 0 && end && *end == 0) {
         __atomic_store_n(&d->bandwidth_bps, (uint64_t)(v * 1048576.0), __ATOMIC_RELAXED);

@@ -1,8 +1,9 @@
-/* The two threads that pull one source export:
+/* The threads that pull one source export:
  *   demand: pages a reader is waiting for, on a connection of their own so
  *           a fault never queues behind background traffic;
- *   stream: every other mapped page, in export order, many requests in
- *           flight, skipping ranges the source reports as zero.
+ *   stream: every other mapped page, in export order, on STREAM_LANES
+ *           connections with many requests in flight each, skipping
+ *           ranges the source reports as zero.
  * Both reconnect with backoff when the source goes away; nothing they
  * receive is installed unless the slot still maps to that very page. */
 #include <errno.h>
@@ -17,8 +18,8 @@
 
 #define DEMAND_DEPTH 64
 #define STREAM_CHUNK_PAGES 64          /* 256 KiB per background request */
-#define STREAM_DEPTH 16
-#define STREAM_DEPTH_UNDER_FAULTS 2    /* leave the link to the faults */
+#define STREAM_DEPTH 16                /* per lane */
+#define STREAM_DEPTH_UNDER_FAULTS 2    /* all lanes together: leave the link to the faults */
 #define STATUS_WINDOW (64u << 20)      /* block status asked 64 MiB at a time */
 #define BACKOFF_MIN_US (100 * 1000)
 #define BACKOFF_MAX_US (5 * 1000 * 1000)
@@ -212,9 +213,11 @@ typedef struct {
     bool zero;
 } Span;
 
+/* What the source said about the pages [win_start, win_end). */
 typedef struct {
-    GArray *spans;                 /* of Span, covering [win_start, win_end) */
-    uint64_t win_end;
+    GArray *spans;                 /* of Span, ascending */
+    uint64_t win_start, win_end;
+    guint hint;                    /* where the last lookup ended */
     bool have_meta;
 } StatusWindow;
 
@@ -253,6 +256,7 @@ static int collect_spans(void *user_data, const char *ctx, uint64_t offset, uint
 static int refresh_window(Puller *p, struct nbd_handle *h, StatusWindow *w, uint64_t page)
 {
     g_array_set_size(w->spans, 0);
+    w->hint = 0;
     uint64_t off = page * PAGE_SIZE_BYTES, len = MIN((uint64_t)STATUS_WINDOW, p->size - off);
     if (w->have_meta &&
         nbd_block_status(h, len, off,
@@ -265,18 +269,27 @@ static int refresh_window(Puller *p, struct nbd_handle *h, StatusWindow *w, uint
     }
     if (w->spans->len == 0)
         g_array_append_val(w->spans, ((Span){ page, (off + len) / PAGE_SIZE_BYTES, false }));
+    w->win_start = page;
     w->win_end = g_array_index(w->spans, Span, w->spans->len - 1).end;
     return 0;
 }
 
-static const Span *span_of(StatusWindow *w, uint64_t page)
+/* 1 if the source reports page as zero, 0 if it must be read, -1 if h
+ * failed. Lookups go forward from the last one: a lane's pages ascend. */
+static int page_is_zero_range(Puller *p, struct nbd_handle *h, StatusWindow *w, uint64_t page)
 {
-    for (guint i = 0; i < w->spans->len; i++) {
-        const Span *s = &g_array_index(w->spans, Span, i);
-        if (page >= s->start && page < s->end)
-            return s;
+    if ((page < w->win_start || page >= w->win_end) && refresh_window(p, h, w, page) < 0)
+        return -1;
+    if (w->hint >= w->spans->len || g_array_index(w->spans, Span, w->hint).start > page)
+        w->hint = 0;
+    for (; w->hint < w->spans->len; w->hint++) {
+        const Span *s = &g_array_index(w->spans, Span, w->hint);
+        if (page < s->start)
+            return 0;          /* a gap in the description: read it */
+        if (page < s->end)
+            return s->zero;
     }
-    return NULL;
+    return 0;
 }
 
 static void install_zero_page(Puller *p, uint64_t page)
@@ -287,41 +300,37 @@ static void install_zero_page(Puller *p, uint64_t page)
         __atomic_add_fetch(&p->dest->zero_pages, 1, __ATOMIC_RELAXED);
 }
 
-/* Next chunk worth reading from *cursor on, or NULL when the export is
- * done. Zero ranges are installed on the way, without a transfer. */
-static Chunk *next_chunk(Puller *p, struct nbd_handle *h, StatusWindow *w, uint64_t *cursor,
+/* The next of this lane's chunks, from chunk index *next on, that has a
+ * page worth reading; NULL when the lane has gone through the export.
+ * Wanted pages the source reports as zero are installed on the way,
+ * without a transfer. */
+static Chunk *next_chunk(StreamLane *l, struct nbd_handle *h, StatusWindow *w, uint64_t *next,
                          bool *broken)
 {
-    while (*cursor < p->pages && !stopping(p)) {
-        if (*cursor >= w->win_end || !span_of(w, *cursor)) {
-            if (refresh_window(p, h, w, *cursor) < 0) {
+    Puller *p = l->puller;
+    uint64_t nchunks = (p->pages + STREAM_CHUNK_PAGES - 1) / STREAM_CHUNK_PAGES;
+    for (; *next < nchunks && !stopping(p); *next += STREAM_LANES) {
+        uint64_t start = *next * STREAM_CHUNK_PAGES;
+        uint64_t end = MIN(start + STREAM_CHUNK_PAGES, p->pages);
+        uint64_t first = end, last = start;    /* wanted data pages: [first, last) */
+        for (uint64_t pg = start; pg < end; pg++) {
+            if (!page_wanted(p, pg))
+                continue;
+            int zero = page_is_zero_range(p, h, w, pg);
+            if (zero < 0) {
                 *broken = true;
                 return NULL;
             }
+            if (zero) {
+                install_zero_page(p, pg);
+            } else {
+                first = MIN(first, pg);
+                last = pg + 1;
+            }
         }
-        const Span *s = span_of(w, *cursor);
-        if (!s) {       /* the source described less than asked: read plainly */
-            g_array_set_size(w->spans, 0);
-            g_array_append_val(w->spans, ((Span){ *cursor, MIN(*cursor + STREAM_CHUNK_PAGES, p->pages), false }));
-            w->win_end = MIN(*cursor + STREAM_CHUNK_PAGES, p->pages);
-            s = span_of(w, *cursor);
-        }
-        if (s->zero) {
-            for (uint64_t pg = *cursor; pg < s->end; pg++)
-                if (page_wanted(p, pg))
-                    install_zero_page(p, pg);
-            *cursor = s->end;
+        if (first >= last)
             continue;
-        }
-        uint64_t end = MIN(s->end, *cursor + STREAM_CHUNK_PAGES);
-        uint64_t first = *cursor, last = end;
-        while (first < end && !page_wanted(p, first))
-            first++;
-        while (last > first && !page_wanted(p, last - 1))
-            last--;
-        *cursor = end;
-        if (first == last)
-            continue;
+        *next += STREAM_LANES;
         Chunk *c = g_new0(Chunk, 1);
         c->p = p;
         c->first = first;
@@ -360,36 +369,41 @@ static void chunk_free(Chunk *c)
     g_free(c);
 }
 
-static unsigned stream_depth(Puller *p)
+/* Requests lane l may have in flight: while a fault waits, the whole
+ * stream keeps STREAM_DEPTH_UNDER_FAULTS, so the link is the faults'. */
+static unsigned stream_depth(StreamLane *l)
 {
-    Dest *d = p->dest;
+    Dest *d = l->puller->dest;
     g_mutex_lock(&d->lock);
     bool faults = g_hash_table_size(d->demand) > 0;
     g_mutex_unlock(&d->lock);
-    return faults ? STREAM_DEPTH_UNDER_FAULTS : STREAM_DEPTH;
+    if (!faults)
+        return STREAM_DEPTH;
+    return l->index < STREAM_DEPTH_UNDER_FAULTS ? 1 : 0;
 }
 
-/* The bandwidth cap as a token bucket: credit accrues at the cap's rate up
- * to one chunk's worth, so time spent disconnected or idle never turns
- * into a burst, and a lowered cap applies at once. */
+/* The bandwidth cap as a token bucket per lane, each at its share of the
+ * cap: credit accrues at that rate up to one chunk's worth, so time spent
+ * disconnected or idle never turns into a burst, and a lowered cap applies
+ * at once. */
 typedef struct {
     double tokens;
     gint64 last_us;
-    uint64_t bps;
+    uint64_t bps;                  /* the cap it was set up for */
 } TokenBucket;
 
 static bool take_tokens(Dest *d, TokenBucket *tb, uint64_t n)
 {
-    uint64_t bps = __atomic_load_n(&d->bandwidth_bps, __ATOMIC_RELAXED);
+    uint64_t cap = __atomic_load_n(&d->bandwidth_bps, __ATOMIC_RELAXED);
     gint64 now = g_get_monotonic_time();
-    if (bps == 0) {
+    if (cap == 0) {
         tb->bps = 0;
         return true;
     }
-    if (bps != tb->bps || tb->last_us == 0) {
-        *tb = (TokenBucket){ (double)n, now, bps };
+    if (cap != tb->bps || tb->last_us == 0) {
+        *tb = (TokenBucket){ (double)n, now, cap };
     } else {
-        tb->tokens += (double)bps * (double)(now - tb->last_us) / 1e6;
+        tb->tokens += (double)cap / STREAM_LANES * (double)(now - tb->last_us) / 1e6;
         tb->tokens = MIN(tb->tokens, (double)n);
         tb->last_us = now;
     }
@@ -401,33 +415,35 @@ static bool take_tokens(Dest *d, TokenBucket *tb, uint64_t n)
 
 static gpointer stream_main(gpointer data)
 {
-    Puller *p = data;
+    StreamLane *l = data;
+    Puller *p = l->puller;
     Dest *d = p->dest;
     struct nbd_handle *h = NULL;
     g_autoptr(GPtrArray) inflight = g_ptr_array_new();   /* Chunk* */
     GQueue retry = G_QUEUE_INIT;
-    StatusWindow w = { g_array_new(FALSE, FALSE, sizeof(Span)), 0, false };
-    uint64_t cursor = 0;
+    StatusWindow w = { .spans = g_array_new(FALSE, FALSE, sizeof(Span)) };
+    uint64_t next = l->index;      /* chunk index */
+    uint64_t nchunks = (p->pages + STREAM_CHUNK_PAGES - 1) / STREAM_CHUNK_PAGES;
     uint64_t swept_generation = __atomic_load_n(&p->map_generation, __ATOMIC_ACQUIRE);
     TokenBucket tb = { 0 };
 
     while (!stopping(p)) {
         if (!__atomic_load_n(&d->background, __ATOMIC_RELAXED)) {
-            nap(p, p->stream_wake, 200000);
+            nap(p, l->wake, 200000);
             continue;
         }
         if (!h) {
-            if (!(h = connect_retry(p, "background", &p->stream_connected, p->stream_wake)))
+            if (!(h = connect_retry(p, "background", &l->connected, l->wake)))
                 break;
             w.have_meta = nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) > 0;
-            w.win_end = 0;
+            w.win_start = w.win_end = 0;
         }
         bool broken = false;
-        unsigned depth = stream_depth(p);
+        unsigned depth = stream_depth(l);
         while (!broken && inflight->len < depth) {
             Chunk *c = g_queue_pop_head(&retry);
             if (!c)
-                c = next_chunk(p, h, &w, &cursor, &broken);
+                c = next_chunk(l, h, &w, &next, &broken);
             if (!c)
                 break;
             if (!take_tokens(d, &tb, c->n * PAGE_SIZE_BYTES)) {
@@ -441,23 +457,23 @@ static gpointer stream_main(gpointer data)
                 broken = true;
         }
         if (!broken && inflight->len == 0) {
-            if (cursor >= p->pages && g_queue_is_empty(&retry)) {
+            if (next >= nchunks && g_queue_is_empty(&retry)) {
                 /* Everything mapped so far has been asked for; pages mapped
                  * later (behind the cursor) need another sweep. */
                 uint64_t gen = __atomic_load_n(&p->map_generation, __ATOMIC_ACQUIRE);
                 if (gen != swept_generation) {
                     swept_generation = gen;
-                    cursor = 0;
-                    w.win_end = 0;
+                    next = l->index;
+                    w.win_start = w.win_end = 0;
                     continue;
                 }
-                nap(p, p->stream_wake, 200000);
+                nap(p, l->wake, 200000);
                 continue;
             }
-            nap(p, p->stream_wake, 20000);   /* waiting for the bandwidth cap */
+            nap(p, l->wake, 20000);   /* the bandwidth cap, or faults have the link */
             continue;
         }
-        if (!broken && source_poll(h, p->stream_wake, 100) < 0)
+        if (!broken && source_poll(h, l->wake, 100) < 0)
             broken = true;
         for (guint i = 0; i < inflight->len;) {
             Chunk *c = g_ptr_array_index(inflight, i);
@@ -480,7 +496,7 @@ static gpointer stream_main(gpointer data)
             }
         }
         if (broken) {
-            lost(p, &h, "background", &p->stream_connected);
+            lost(p, &h, "background", &l->connected);
             for (guint i = 0; i < inflight->len; i++) {
                 Chunk *c = g_ptr_array_index(inflight, i);
                 c->completed = false;
@@ -496,7 +512,7 @@ static gpointer stream_main(gpointer data)
         chunk_free(g_ptr_array_index(inflight, i));
     g_queue_clear_full(&retry, (GDestroyNotify)chunk_free);
     g_array_unref(w.spans);
-    __atomic_store_n(&p->stream_connected, false, __ATOMIC_RELEASE);
+    __atomic_store_n(&l->connected, false, __ATOMIC_RELEASE);
     return NULL;
 }
 
@@ -511,11 +527,16 @@ Puller *puller_new(Dest *d, unsigned id, const char *name, uint64_t size, GError
     p->size = size;
     p->pages = size / PAGE_SIZE_BYTES;
     p->demand_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    p->stream_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    bool fds_ok = p->demand_wake >= 0;
+    for (unsigned i = 0; i < STREAM_LANES; i++) {
+        p->lanes[i] = (StreamLane){ .puller = p, .index = i,
+                                    .wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) };
+        fds_ok &= p->lanes[i].wake >= 0;
+    }
     size_t bytes = MAX((size_t)p->pages, 1) * sizeof(uint64_t);
     p->rev = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p->demand_wake < 0 || p->stream_wake < 0 || p->rev == MAP_FAILED) {
+    if (!fds_ok || p->rev == MAP_FAILED) {
         g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
                     "cannot set up pulling of export '%s' (%" G_GUINT64_FORMAT " pages): %s",
                     name, p->pages, g_strerror(errno));
@@ -533,9 +554,25 @@ void puller_start(Puller *p)
         return;
     __atomic_store_n(&p->stop, false, __ATOMIC_RELEASE);
     g_autofree char *dn = g_strdup_printf("demand:%s", p->name);
-    g_autofree char *sn = g_strdup_printf("stream:%s", p->name);
     p->demand_thread = g_thread_new(dn, demand_main, p);
-    p->stream_thread = g_thread_new(sn, stream_main, p);
+    for (unsigned i = 0; i < STREAM_LANES; i++) {
+        g_autofree char *sn = g_strdup_printf("stream%u:%s", i, p->name);
+        p->lanes[i].thread = g_thread_new(sn, stream_main, &p->lanes[i]);
+    }
+}
+
+void puller_wake_stream(Puller *p)
+{
+    for (unsigned i = 0; i < STREAM_LANES; i++)
+        wake_fd_signal(p->lanes[i].wake);
+}
+
+unsigned puller_stream_connected(Puller *p)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < STREAM_LANES; i++)
+        n += __atomic_load_n(&p->lanes[i].connected, __ATOMIC_RELAXED);
+    return n;
 }
 
 void puller_stop(Puller *p)
@@ -544,10 +581,13 @@ void puller_stop(Puller *p)
         return;
     __atomic_store_n(&p->stop, true, __ATOMIC_RELEASE);
     wake_fd_signal(p->demand_wake);
-    wake_fd_signal(p->stream_wake);
+    puller_wake_stream(p);
     g_thread_join(p->demand_thread);
-    g_thread_join(p->stream_thread);
-    p->demand_thread = p->stream_thread = NULL;
+    p->demand_thread = NULL;
+    for (unsigned i = 0; i < STREAM_LANES; i++) {
+        g_thread_join(p->lanes[i].thread);
+        p->lanes[i].thread = NULL;
+    }
 }
 
 void puller_free(Puller *p)
@@ -559,8 +599,9 @@ void puller_free(Puller *p)
         munmap(p->rev, MAX((size_t)p->pages, 1) * sizeof(uint64_t));
     if (p->demand_wake >= 0)
         close(p->demand_wake);
-    if (p->stream_wake >= 0)
-        close(p->stream_wake);
+    for (unsigned i = 0; i < STREAM_LANES; i++)
+        if (p->lanes[i].wake >= 0)
+            close(p->lanes[i].wake);
     g_free(p->name);
     g_free(p);
 }
