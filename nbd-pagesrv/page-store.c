@@ -34,10 +34,14 @@ struct PageStore {
     uint64_t *slot;               /* nslots entries, mmap'd so untouched parts cost nothing */
     GMutex stripe[STRIPES];
 
-    /* RAM pool: pages are addressed by index; freed indices are reused. */
+    /* RAM pool: pages are addressed by index; freed indices are reused.
+     * chunk[] is sized for mem_limit once and never moves: readers index
+     * it under a slot lock only, without pool_lock, so a realloc while the
+     * pool grows would pull it from under them. An entry is set (under
+     * pool_lock) before any index in it is handed out. */
     GMutex pool_lock;
     unsigned char **chunk;
-    uint64_t nchunks;
+    uint64_t nchunks;             /* chunks mapped so far */
     uint64_t pool_used;           /* indices handed out so far (high water) */
     uint64_t pool_max;            /* mem_limit in pages */
     GArray *pool_free;            /* of uint64_t */
@@ -86,7 +90,6 @@ static uint64_t pool_alloc(PageStore *ps)
                           "spilling to %s instead", g_strerror(errno), ps->spill_path);
                 goto out;
             }
-            ps->chunk = g_renew(unsigned char *, ps->chunk, ps->nchunks + 1);
             ps->chunk[ps->nchunks++] = mem;
         }
         idx = ps->pool_used++;
@@ -142,6 +145,7 @@ PageStore *page_store_new(uint64_t size, const char *spill_path, uint64_t mem_li
     ps->nslots = size / PAGE_SIZE_BYTES;
     ps->spill_fd = -1;
     ps->pool_max = mem_limit / PAGE_SIZE_BYTES;
+    ps->chunk = g_new0(unsigned char *, (ps->pool_max + POOL_CHUNK_PAGES - 1) / POOL_CHUNK_PAGES);
     ps->pool_free = g_array_new(FALSE, FALSE, sizeof(uint64_t));
     g_mutex_init(&ps->pool_lock);
     for (unsigned i = 0; i < STRIPES; i++)
