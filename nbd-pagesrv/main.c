@@ -29,9 +29,11 @@ typedef struct {
     char **listens;
     char *store_path;
     char *mem_limit_arg;
+    gboolean mem_prealloc;
     char *control_path;
     char **export_specs;
     char *src;
+    gboolean src_later;
     double fault_timeout_s;
     gboolean exit_when_idle;
     gboolean no_mlock;
@@ -132,13 +134,13 @@ static bool add_swap_device(App *app, GError **error)
                     "--size %s is not a multiple of 4 KiB (the swap page size)", app->size_arg);
         return false;
     }
-    PageStore *ps = page_store_new(size, app->store_path, mem_limit, error);
+    PageStore *ps = page_store_new(size, app->store_path, mem_limit, app->mem_prealloc, error);
     if (!ps)
         return false;
     export_set_add(&app->server.exports,
                    page_store_export_new(app->name ? app->name : "swap", ps, size));
     if (app->src) {
-        app->dest = dest_new(ps, app->src, app->fault_timeout_s, error);
+        app->dest = dest_new(ps, app->src, app->src_later, app->fault_timeout_s, error);
         if (!app->dest)
             return false;
     }
@@ -223,10 +225,14 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
           "Spill file for pages beyond --mem-limit (default: unlinked file in $TMPDIR)", "FILE" },
         { "mem-limit", 0, 0, G_OPTION_ARG_STRING, &app->mem_limit_arg,
           "RAM the page store may use before spilling (default: 256M)", "SIZE" },
+        { "mem-prealloc", 0, 0, G_OPTION_ARG_NONE, &app->mem_prealloc,
+          "Map and touch the whole --mem-limit at start, in the background, not as pages arrive", NULL },
         { "export", 0, 0, G_OPTION_ARG_STRING_ARRAY, &app->export_specs,
           "Source role: serve FILE (or FILE@OFFSET+SIZE, e.g. a window of /proc/PID/mem) read-only as export NAME (repeatable)", "NAME=FILE" },
         { "src", 0, 0, G_OPTION_ARG_STRING, &app->src,
           "Destination role: pull mapped pages from the source at HOST:PORT", "HOST:PORT" },
+        { "src-later", 0, 0, G_OPTION_ARG_NONE, &app->src_later,
+          "With --src: the source may start later; list its exports at the first map", NULL },
         { "fault-timeout", 0, 0, G_OPTION_ARG_DOUBLE, &app->fault_timeout_s,
           "Seconds a read waits for a missing page before EIO (default: 60)", "SECS" },
         { "exit-when-idle", 0, 0, G_OPTION_ARG_NONE, &app->exit_when_idle,
@@ -267,6 +273,16 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
     if (app->src && !app->size_arg) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
                     "--src needs --size: the swap device whose slots are pulled from the source");
+        return false;
+    }
+    if (app->mem_prealloc && !app->size_arg) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                    "--mem-prealloc goes with --size: it preallocates the swap device's RAM pool");
+        return false;
+    }
+    if (app->src_later && !app->src) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                    "--src-later goes with --src HOST:PORT (the source that comes up later)");
         return false;
     }
     if (app->fault_timeout_s < 0) {

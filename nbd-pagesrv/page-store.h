@@ -40,11 +40,15 @@ typedef struct {
     uint64_t file_pages;
     uint64_t remote_pages;       /* mapped to the source, not yet local */
     uint64_t marker_pages;       /* armed, not mapped yet */
+    uint64_t pool_pages;         /* RAM pool mapped so far (used or not) */
+    bool prealloc_done;          /* --mem-prealloc finished (or not asked for) */
 } PageStoreCounts;
 
-/* spill_path NULL: an unlinked temporary file in $TMPDIR. */
+/* spill_path NULL: an unlinked temporary file in $TMPDIR. prealloc: map
+ * and touch the whole RAM pool (mem_limit) in a background thread now,
+ * rather than page by page as data arrives. */
 PageStore *page_store_new(uint64_t size, const char *spill_path, uint64_t mem_limit,
-                          GError **error);
+                          bool prealloc, GError **error);
 void page_store_free(PageStore *ps);
 
 int page_store_read(PageStore *ps, void *buf, uint32_t len, uint64_t off);

@@ -550,6 +550,54 @@ PY
     [[ $output == *"no-port-here"* ]]
 }
 
+@test "pull: with --src-later the destination starts before its source; map waits for the source to be up" {
+    mk_src 16
+    SLOTS=5000 MAP=$T/map
+    "$TESTBIN/pull-plan" --seed "$SEED" "$PAGES" "$SLOTS" >"$MAP"
+    # A port nothing listens on yet.
+    for (( i=0; i<20; i++ )); do
+        port=$(( 20000 + RANDOM % 20000 ))
+        nbdinfo --size "nbd://127.0.0.1:$port" >/dev/null 2>&1 || break
+    done
+    SRC_PORT=$port
+    dst_start "$SLOTS" --src-later
+    grep -q "its exports will be listed at the first map" "$PAGESRV_LOG"
+    # A map before the source is up is refused, naming the address, and
+    # leaves nothing mapped.
+    run ctl map 0 mem 0 1
+    echo "$output"
+    [[ $output == *"map refused"*"127.0.0.1:$port"* ]]
+    [ "$(status_field state)" = idle ]
+    src_start --port "$port"
+    map_file "$MAP"
+    wait_local 60
+    "$TESTBIN/pull-verify" --uri "$URI" "$MAP" "$CRC" "$SLOTS"
+    # --src-later means nothing without --src.
+    run "$PAGESRV" --size 4M --socket "$T/x.sock" --src-later
+    [ "$status" -ne 0 ]
+    [[ $output == *"--src-later goes with --src"* ]]
+}
+
+@test "pull: --mem-prealloc maps the whole RAM pool before any page arrives, and the pull is byte for byte" {
+    mk_src 16 --all-random
+    SLOTS=5000 MAP=$T/map
+    "$TESTBIN/pull-plan" --seed "$SEED" "$PAGES" "$SLOTS" >"$MAP"
+    src_start
+    dst_start "$SLOTS" --mem-limit 32M --mem-prealloc
+    prealloc_done() { [ "$(stat_field store.prealloc_done)" = True ]; }
+    wait_for prealloc_done
+    [ "$(stat_field store.pool_pages)" -eq 8192 ]
+    [ "$(stat_field store.ram_pages)" -eq 0 ]
+    map_file "$MAP"
+    wait_local 60
+    "$TESTBIN/pull-verify" --uri "$URI" "$MAP" "$CRC" "$SLOTS"
+    [ "$(stat_field store.ram_pages)" -eq "$PAGES" ]
+    [ "$(stat_field store.pool_pages)" -eq 8192 ]
+    run "$PAGESRV" --export "mem=$IMG" --listen 127.0.0.1:1 --mem-prealloc
+    [ "$status" -ne 0 ]
+    [[ $output == *"--mem-prealloc goes with --size"* ]]
+}
+
 @test "pull: a standard NBD server (nbdkit, read-only file) works as the source" {
     mk_src 32
     SLOTS=9000 MAP=$T/map
