@@ -87,6 +87,19 @@ static void dest_prefetch(void *opaque, unsigned export_id, uint64_t page)
 
 /* ---- mapping ------------------------------------------------------------ */
 
+static bool list_source_exports(Dest *d, GError **error)
+{
+    if (!(d->source_sizes = source_list_exports(d->host, d->port, error)))
+        return false;
+    GHashTableIter it;
+    gpointer k, v;
+    g_hash_table_iter_init(&it, d->source_sizes);
+    while (g_hash_table_iter_next(&it, &k, &v))
+        g_message("source %s:%s offers export '%s' (%" G_GUINT64_FORMAT " MiB)", d->host,
+                  d->port, (char *)k, *(uint64_t *)v >> 20);
+    return true;
+}
+
 static Puller *puller_for(Dest *d, const char *name, GError **error)
 {
     for (guint i = 0; i < d->pullers->len; i++) {
@@ -94,6 +107,9 @@ static Puller *puller_for(Dest *d, const char *name, GError **error)
         if (strcmp(p->name, name) == 0)
             return p;
     }
+    /* --src-later: the source had not answered at start. */
+    if (!d->source_sizes && !list_source_exports(d, error))
+        return NULL;
     uint64_t *size = g_hash_table_lookup(d->source_sizes, name);
     if (!size) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
@@ -394,7 +410,8 @@ void dest_register_commands(Dest *d, ControlServer *cs)
 
 static void entry_free_key(gpointer k) { g_free(k); }
 
-Dest *dest_new(PageStore *ps, const char *src, double fault_timeout_s, GError **error)
+Dest *dest_new(PageStore *ps, const char *src, bool src_later, double fault_timeout_s,
+               GError **error)
 {
     Dest *d = g_new0(Dest, 1);
     d->ps = ps;
@@ -404,17 +421,19 @@ Dest *dest_new(PageStore *ps, const char *src, double fault_timeout_s, GError **
     d->demand = g_hash_table_new_full(g_int64_hash, g_int64_equal, entry_free_key, NULL);
     d->background = true;
     d->fault_timeout_us = (int64_t)(fault_timeout_s * 1e6);
-    if (!source_split_address(src, &d->host, &d->port, error) ||
-        !(d->source_sizes = source_list_exports(d->host, d->port, error))) {
+    if (!source_split_address(src, &d->host, &d->port, error)) {
         dest_free(d);
         return NULL;
     }
-    GHashTableIter it;
-    gpointer k, v;
-    g_hash_table_iter_init(&it, d->source_sizes);
-    while (g_hash_table_iter_next(&it, &k, &v))
-        g_message("source %s:%s offers export '%s' (%" G_GUINT64_FORMAT " MiB)", d->host,
-                  d->port, (char *)k, *(uint64_t *)v >> 20);
+    g_autoptr(GError) not_yet = NULL;
+    if (!list_source_exports(d, src_later ? &not_yet : error)) {
+        if (!src_later) {
+            dest_free(d);
+            return NULL;
+        }
+        g_message("%s; --src-later: its exports will be listed at the first map",
+                  not_yet->message);
+    }
     page_store_set_fetcher(ps, dest_fetch, dest_prefetch, READAHEAD_CLUSTER, d);
     d->timer = g_timeout_add(COMPLETION_CHECK_MS, check_completion, d);
     return d;

@@ -6,6 +6,7 @@
 #define SWAPCOPY_DEST_H
 
 #include <glib.h>
+#include <stdbool.h>
 
 #include "control.h"
 #include "page-store.h"
@@ -13,8 +14,10 @@
 typedef struct Dest Dest;
 
 /* Checks that the source answers and lists its exports (exits early with a
- * clear error otherwise). ps must outlive the Dest. */
-Dest *dest_new(PageStore *ps, const char *src, double fault_timeout_s, GError **error);
+ * clear error otherwise); with src_later, a source that does not answer
+ * yet is listed at the first map instead. ps must outlive the Dest. */
+Dest *dest_new(PageStore *ps, const char *src, bool src_later, double fault_timeout_s,
+               GError **error);
 void dest_register_commands(Dest *d, ControlServer *cs);
 /* Appends "destination" statistics as a JSON object. */
 void dest_status_json(Dest *d, GString *out);

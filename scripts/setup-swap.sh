@@ -17,12 +17,16 @@ usage() {
     cat <<USAGE
 Usage: setup-swap.sh --src HOST:PORT [--name NAME] [--size SIZE] [--state-dir DIR]
                      [--pagesrv PATH] [--fault-timeout SECS] [--stub|--no-stub]
+                     [--src-later]
 
   --src HOST:PORT     the migration source's nbd-pagesrv (--export ... --listen)
   --name NAME         name of this swap device (default: swapcopy)
   --size SIZE         device size (default: twice the source's exports plus what
                       is already swapped, so swap stays under half full)
   --state-dir DIR     where sockets, logs and state live (default: /run/swapcopy)
+  --src-later         the source is not up yet (a patched QEMU source starts its
+                      exporter at 'migrate'): nbd-pagesrv lists its exports at
+                      the first 'map'; needs --size
   --stub, --no-stub   swapon as a stub-only device (SWAP_FLAG_STUB: swap-out never
                       allocates there; arming uses MADV_SWAPSTUB) or as ordinary
                       swap; default: stub-only if the kernel offers it
@@ -32,7 +36,7 @@ USAGE
 
 die() { echo "setup-swap: $*" >&2; exit 1; }
 
-src="" name=swapcopy size="" state_root=/run/swapcopy fault_timeout="" stub=auto
+src="" name=swapcopy size="" state_root=/run/swapcopy fault_timeout="" stub=auto src_later=no
 pagesrv=${SWAPCOPY_BUILD:-$here/../build}/nbd-pagesrv
 [ -x "$pagesrv" ] || pagesrv=$(command -v nbd-pagesrv || true)
 while [ $# -gt 0 ]; do
@@ -45,12 +49,15 @@ while [ $# -gt 0 ]; do
         --fault-timeout) fault_timeout=$2; shift 2 ;;
         --stub) stub=yes; shift ;;
         --no-stub) stub=no; shift ;;
+        --src-later) src_later=yes; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument '$1'" ;;
     esac
 done
 
 [ -n "$src" ] || { usage >&2; die "--src HOST:PORT is required"; }
+[ "$src_later" = no ] || [ -n "$size" ] ||
+    die "--src-later needs --size: the source's exports cannot be asked for their size yet (give at least twice the guest's RAM)"
 [[ "$name" =~ ^[A-Za-z0-9_.-]+$ ]] || die "--name '$name' may only use letters, digits, _ . -"
 [ "$(id -u)" = 0 ] || die "must run as root (swapon, losetup and FUSE need it)"
 [ -n "$pagesrv" ] && [ -x "$pagesrv" ] || die "nbd-pagesrv not found: run 'make' or pass --pagesrv PATH"
@@ -106,6 +113,7 @@ trap cleanup_on_error ERR
 sock=$state/nbd.sock ctl=$state/ctl.sock
 args=(--size "$size" --socket "$sock" --control "$ctl" --src "$src")
 [ -n "$fault_timeout" ] && args+=(--fault-timeout "$fault_timeout")
+[ "$src_later" = yes ] && args+=(--src-later)
 setsid "$pagesrv" "${args[@]}" >"$state/pagesrv.log" 2>&1 </dev/null &
 echo $! >"$state/pagesrv.pid"
 for _ in $(seq 100); do

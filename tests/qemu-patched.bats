@@ -79,6 +79,35 @@ teardown() {
     [ ! -e "$BATS_TEST_TMPDIR/run/$QP_SWAP_NAME" ]
 }
 
+@test "patched QEMU, control= mode: the swap device is set up before migrate, and the guest keeps passing" {
+    # setup-swap.sh runs before the source's exporter exists (--src-later);
+    # QEMU only arms through the control socket and leaves the device to
+    # the operator.
+    QP_DST_MODE=control qp_pair_start 128
+    grep -q "its exports will be listed at the first map" "$BATS_TEST_TMPDIR/run/$QP_SWAP_NAME/pagesrv.log"
+    GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG guest_wait_pass 2 60
+    run qp_migrate
+    echo "$output"
+    [ "$status" -eq 0 ]
+    m=$output
+    total=$(json_get "$m" dst.postcopy-swap.pages-total)
+    [ "$total" -ge 32768 ]
+    [ "$(json_get "$m" dst.postcopy-swap.pages-local)" -eq "$total" ]
+    [ "$(qp_status "$DST_QMP")" = running ]
+    last=$(GUEST_LOG=$SRC_LOG guest_last_pass)
+    GUEST_LOG=$DST_LOG GUEST_PID=$DST_PID GUEST_QEMU_LOG=$DST_QEMU_LOG guest_wait_pass $(( last + 3 )) 60
+    GUEST_LOG=$DST_LOG run guest_errors
+    [ "$status" -ne 0 ]
+    # The operator's device is still there for the operator to detach, and
+    # no page of the guest refers to it any more.
+    st=$("$PAGESRV_CTL" "$QP_CONTROL" status)
+    [ "$(json_get "$st" state)" = complete ]
+    "$SWAPCOPY_SRC/scripts/teardown-swap.sh" --name "$QP_SWAP_NAME" --state-dir "$BATS_TEST_TMPDIR/run"
+    [ ! -e "$BATS_TEST_TMPDIR/run/$QP_SWAP_NAME" ]
+    last=$(GUEST_LOG=$DST_LOG guest_last_pass)
+    GUEST_LOG=$DST_LOG GUEST_PID=$DST_PID GUEST_QEMU_LOG=$DST_QEMU_LOG guest_wait_pass $(( last + 2 )) 60
+}
+
 @test "patched QEMU: a destination without -postcopy swap fails the migration and the source keeps running" {
     QP_DST_POSTCOPY="" qp_pair_start 128
     GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG guest_wait_pass 1 60

@@ -86,6 +86,23 @@ teardown() {
     [ ! -e "$BATS_TEST_TMPDIR/run/u$$" ]
 }
 
+@test "setup-swap.sh --src-later sets up before the source exists, and needs --size" {
+    run "$SETUP" --src 127.0.0.1:1 --src-later --name l$$ --state-dir "$BATS_TEST_TMPDIR/run"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"--src-later needs --size"* ]]
+    [ ! -e "$BATS_TEST_TMPDIR/run/l$$" ]
+    defer "$TEARDOWN" --name "l$$" --state-dir "$BATS_TEST_TMPDIR/run"
+    run "$SETUP" --src 127.0.0.1:1 --src-later --size 64M --name "l$$" --state-dir "$BATS_TEST_TMPDIR/run"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    device=$(sed -n 's/^DEVICE=//p' <<<"$output")
+    awk 'NR>1 {print $1}' /proc/swaps | grep -qx "$(readlink -f "$device")"
+    ctl=$(sed -n 's/^CONTROL=//p' <<<"$output")
+    run "$PAGESRV_CTL" "$ctl" map 0 mem 0 1
+    [[ "$output" == *"map refused"*"127.0.0.1:1"* ]]
+}
+
 @test "teardown-swap.sh undoes everything after nbd-pagesrv and nbdfuse crashed" {
     source_start 16
     swap_setup

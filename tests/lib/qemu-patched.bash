@@ -7,7 +7,10 @@
 #   anonymous RAM, exporter on a free loopback port) and a patched
 #   destination waiting on -incoming with -postcopy swap,src=...; sets
 #   SRC_PID SRC_LOG SRC_QMP DST_PID DST_LOG DST_QMP QP_URI QP_SWAP_NAME.
-#   QP_DST_POSTCOPY="" starts the destination without -postcopy swap.
+#   QP_DST_POSTCOPY="" starts the destination without -postcopy swap;
+#   QP_DST_MODE=control sets the swap device up first (setup-swap.sh
+#   --src-later, before the source's exporter exists) and starts the
+#   destination with -postcopy swap,control=...; sets QP_CONTROL.
 # qp_migrate [--cancel-after SECS]: postcopy-swap migration between them;
 #   prints the final query-migrate of both sides as one JSON object
 #   {"src":...,"dst":...} and fails unless the source completed and the
@@ -53,6 +56,15 @@ qp_pair_start() {
     SRC_PID=$GUEST_PID SRC_LOG=$GUEST_LOG SRC_QMP=$GUEST_QMP SRC_QEMU_LOG=$GUEST_QEMU_LOG
     local post=(-postcopy "swap,src=127.0.0.1:$sport,setup=$SWAPCOPY_SRC/scripts/setup-swap.sh,name=$QP_SWAP_NAME,state-dir=$state,server=$PAGESRV")
     [ "${QP_DST_POSTCOPY-x}" = "" ] && post=()
+    if [ "${QP_DST_MODE:-}" = control ]; then
+        local out
+        # The device must hold the guest's RAM and firmware with room to
+        # stay under half full.
+        out=$("$SWAPCOPY_SRC/scripts/setup-swap.sh" --src "127.0.0.1:$sport" --src-later \
+              --size "$(( mib * 4 + 256 ))M" --name "$QP_SWAP_NAME" --state-dir "$state") || return 1
+        QP_CONTROL=$(sed -n 's/^CONTROL=//p' <<<"$out")
+        post=(-postcopy "swap,control=$QP_CONTROL")
+    fi
     GUEST_QEMU=$QP_QEMU GUEST_NAME=dst guest_boot -m "${mib}M" -incoming "$QP_URI" \
         "${post[@]}" "$@" || return 1
     # shellcheck disable=SC2034 # used by the tests
