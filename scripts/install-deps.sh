@@ -8,7 +8,8 @@ nbd-client zlib1g-dev bats e2fsprogs fuse3 util-linux kmod procps psmisc
 qemu-system-x86 qemu-utils libclang-rt-14-dev python3 python3-libnbd
 busybox-static cpio
 dpkg-dev ninja-build meson python3-venv libpixman-1-dev libslirp-dev libfdt-dev
-flex bison xz-utils"
+flex bison xz-utils
+linux-source-6.1 bc libelf-dev libssl-dev"
 
 missing=""
 for p in $packages; do

@@ -210,9 +210,10 @@ int main(int argc, char **argv)
     if (!s)
         return 1;
     uint64_t t_armed = now_us();
-    fprintf(stderr, "armed %" G_GUINT64_FORMAT " pages in %.3f s (%u eviction rounds, %"
+    fprintf(stderr, "armed %" G_GUINT64_FORMAT " pages in %.3f s (method=%s, %u eviction rounds, %"
             G_GUINT64_FORMAT " pages cached after the first pageout, %" G_GUINT64_FORMAT
-            " map runs)\n", r.pages, r.seconds, r.rounds, r.still_cached_first, r.map_runs);
+            " map runs)\n", r.pages, r.seconds, r.method, r.rounds, r.still_cached_first,
+            r.map_runs);
 
     Converter conv = { .s = s };
     g_mutex_init(&conv.lock);
