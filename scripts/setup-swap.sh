@@ -17,7 +17,7 @@ usage() {
     cat <<USAGE
 Usage: setup-swap.sh --src HOST:PORT [--name NAME] [--size SIZE] [--state-dir DIR]
                      [--pagesrv PATH] [--fault-timeout SECS] [--stub|--no-stub]
-                     [--src-later]
+                     [--src-later] [--mem-limit SIZE] [--mem-prealloc]
 
   --src HOST:PORT     the migration source's nbd-pagesrv (--export ... --listen)
   --name NAME         name of this swap device (default: swapcopy)
@@ -27,6 +27,10 @@ Usage: setup-swap.sh --src HOST:PORT [--name NAME] [--size SIZE] [--state-dir DI
   --src-later         the source is not up yet (a patched QEMU source starts its
                       exporter at 'migrate'): nbd-pagesrv lists its exports at
                       the first 'map'; needs --size
+  --mem-limit SIZE    RAM nbd-pagesrv may hold pages in before spilling to a
+                      file (its default: 256M)
+  --mem-prealloc      nbd-pagesrv maps and touches that RAM at start, in the
+                      background, instead of as pages arrive (docs/nbd-pagesrv.md)
   --stub, --no-stub   swapon as a stub-only device (SWAP_FLAG_STUB: swap-out never
                       allocates there; arming uses MADV_SWAPSTUB) or as ordinary
                       swap; default: stub-only if the kernel offers it
@@ -36,7 +40,7 @@ USAGE
 
 die() { echo "setup-swap: $*" >&2; exit 1; }
 
-src="" name=swapcopy size="" state_root=/run/swapcopy fault_timeout="" stub=auto src_later=no
+src="" name=swapcopy size="" state_root=/run/swapcopy fault_timeout="" stub=auto src_later=no mem_limit="" mem_prealloc=no
 pagesrv=${SWAPCOPY_BUILD:-$here/../build}/nbd-pagesrv
 [ -x "$pagesrv" ] || pagesrv=$(command -v nbd-pagesrv || true)
 while [ $# -gt 0 ]; do
@@ -50,6 +54,8 @@ while [ $# -gt 0 ]; do
         --stub) stub=yes; shift ;;
         --no-stub) stub=no; shift ;;
         --src-later) src_later=yes; shift ;;
+        --mem-limit) mem_limit=$2; shift 2 ;;
+        --mem-prealloc) mem_prealloc=yes; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument '$1'" ;;
     esac
@@ -114,6 +120,8 @@ sock=$state/nbd.sock ctl=$state/ctl.sock
 args=(--size "$size" --socket "$sock" --control "$ctl" --src "$src")
 [ -n "$fault_timeout" ] && args+=(--fault-timeout "$fault_timeout")
 [ "$src_later" = yes ] && args+=(--src-later)
+[ -n "$mem_limit" ] && args+=(--mem-limit "$mem_limit")
+[ "$mem_prealloc" = yes ] && args+=(--mem-prealloc)
 setsid "$pagesrv" "${args[@]}" >"$state/pagesrv.log" 2>&1 </dev/null &
 echo $! >"$state/pagesrv.pid"
 for _ in $(seq 100); do

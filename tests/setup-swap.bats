@@ -86,14 +86,15 @@ teardown() {
     [ ! -e "$BATS_TEST_TMPDIR/run/u$$" ]
 }
 
-@test "setup-swap.sh --src-later sets up before the source exists, and needs --size" {
+@test "setup-swap.sh --src-later sets up before the source exists, and needs --size; pool options pass through" {
     run "$SETUP" --src 127.0.0.1:1 --src-later --name l$$ --state-dir "$BATS_TEST_TMPDIR/run"
     echo "$output"
     [ "$status" -ne 0 ]
     [[ "$output" == *"--src-later needs --size"* ]]
     [ ! -e "$BATS_TEST_TMPDIR/run/l$$" ]
     defer "$TEARDOWN" --name "l$$" --state-dir "$BATS_TEST_TMPDIR/run"
-    run "$SETUP" --src 127.0.0.1:1 --src-later --size 64M --name "l$$" --state-dir "$BATS_TEST_TMPDIR/run"
+    run "$SETUP" --src 127.0.0.1:1 --src-later --size 64M --name "l$$" --state-dir "$BATS_TEST_TMPDIR/run" \
+        --mem-limit 8M --mem-prealloc
     echo "$output"
     [ "$status" -eq 0 ]
     device=$(sed -n 's/^DEVICE=//p' <<<"$output")
@@ -101,6 +102,9 @@ teardown() {
     ctl=$(sed -n 's/^CONTROL=//p' <<<"$output")
     run "$PAGESRV_CTL" "$ctl" map 0 mem 0 1
     [[ "$output" == *"map refused"*"127.0.0.1:1"* ]]
+    # --mem-limit and --mem-prealloc reach nbd-pagesrv: 8 MiB of pool, mapped.
+    pool_ready() { [ "$(stat_field_of "$ctl" store.pool_pages)" -eq 2048 ]; }
+    wait_for pool_ready
 }
 
 @test "teardown-swap.sh undoes everything after nbd-pagesrv and nbdfuse crashed" {
