@@ -170,12 +170,15 @@ class Guest:
     """A memwalk QEMU. role "src": RAM in a shared /dev/shm file, started
     paused (-S) and let go once the serial reader is attached, so that no
     line is missed. role "dst": private anonymous RAM, -incoming defer,
-    QEMU's postcopy trace points logged with timestamps."""
+    QEMU's postcopy trace points logged with timestamps. `extra_args` go
+    at the end of the command line (the patched QEMU's -postcopy swap);
+    a source without `ram_file` has private anonymous RAM."""
 
     TRACE_EVENTS = ("postcopy_page_req_add", "postcopy_page_req_del",
                     "postcopy_ram_fault_thread_request")
 
-    def __init__(self, work, name, role, mib, elf, append, ram_file=None, qemu="qemu-system-x86_64"):
+    def __init__(self, work, name, role, mib, elf, append, ram_file=None, qemu="qemu-system-x86_64",
+                 extra_args=()):
         self.name, self.role, self.mib = name, role, mib
         self.dir = work
         self.ctl_qmp = os.path.join(work, f"{name}.ctl.qmp")
@@ -204,6 +207,7 @@ class Guest:
                      "-msg", "timestamp=on", "-D", self.trace]
             for ev in self.TRACE_EVENTS:
                 args += ["-trace", ev]
+        args += list(extra_args)
         self.serial = SerialLog(self.fifo, os.path.join(work, f"{name}.serial"))
         self.log = open(os.path.join(work, f"{name}.qemu.log"), "w")
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log,

@@ -264,6 +264,7 @@ class SwapcopyMode:
 
     def migrate(self, src, dst, run_dir, build):
         wait_swap_slot(self.slot_timeout, self.log)
+        t_begin = time.time()
         self.state_dir = os.path.join(run_dir, "swapcopy-state")
         self.swap_name = f"vsq{os.getpid()}-{os.path.basename(run_dir)[:20]}"
         summary = os.path.join(run_dir, "swapcopy-summary.json")
@@ -307,7 +308,7 @@ class SwapcopyMode:
                 "faults": fl["count"], "fault_p50_us": fl["p50"], "fault_p99_us": fl["p99"],
                 "fault_max_us": fl["max"], "nbd_read_latency_us": s["nbd_read_latency_us"],
                 "pagesrv_hwm_kib": poller.pagesrv_kib, "exporter_hwm_kib": poller.exporter_kib,
-                "t_done": t_done}
+                "t_done": t_done, "t_begin": t_begin}
 
     def collect_after_stop(self, dst, out):
         pass
@@ -333,26 +334,337 @@ class SwapcopyMode:
                            capture_output=True, env=dict(os.environ, SWAPCOPY_BUILD=build))
 
 
+class PagesrvWatcher:
+    """While a patched-QEMU migration runs: asks the destination's
+    nbd-pagesrv (its control socket, once setup-swap.sh has made it) for
+    `status` every 50 ms and keeps the last answer, the one saying
+    `complete` at best (QEMU finishes and tears the device down right
+    after); samples VmHWM of that nbd-pagesrv and of the source's exporter
+    (a child of the source QEMU)."""
+
+    def __init__(self, ctl_path, pidfile, src_pid):
+        self.ctl_path, self.pidfile, self.src_pid = ctl_path, pidfile, src_pid
+        self.status = self.stats = None
+        self.pagesrv_pid = self.exporter_pid = None
+        self.pagesrv_kib = self.exporter_kib = None
+        self.stop = False
+        self.sock = self.file = None
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _request(self, what):
+        self.file.write(what + "\n")
+        self.file.flush()
+        line = self.file.readline()
+        if not line:
+            raise OSError("control socket closed")
+        return json.loads(line)
+
+    def _poll_control(self):
+        if self.status and self.status.get("state") == "complete":
+            return
+        if self.sock is None:
+            if not os.path.exists(self.ctl_path):
+                return
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            try:
+                s.connect(self.ctl_path)
+            except OSError:
+                s.close()
+                return
+            self.sock, self.file = s, s.makefile("rw")
+        try:
+            st = self._request("status")
+            if "error" not in st:
+                self.status = st
+            if st.get("state") == "complete":
+                self.stats = self._request("stats")
+        except (OSError, ValueError):
+            self._close()
+
+    def _close(self):
+        if self.sock:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = self.file = None
+
+    def _find_exporter(self):
+        try:
+            tasks = os.listdir(f"/proc/{self.src_pid}/task")
+        except OSError:
+            return None
+        for t in tasks:
+            try:
+                kids = open(f"/proc/{self.src_pid}/task/{t}/children").read().split()
+            except OSError:
+                continue
+            for k in kids:
+                try:
+                    if open(f"/proc/{k}/comm").read().strip() == "nbd-pagesrv":
+                        return int(k)
+                except OSError:
+                    pass
+        return None
+
+    def _loop(self):
+        tick = 0
+        while not self.stop:
+            self._poll_control()
+            if self.pagesrv_pid is None and os.path.exists(self.pidfile):
+                try:
+                    self.pagesrv_pid = int(open(self.pidfile).read().strip())
+                except (OSError, ValueError):
+                    pass
+            if self.exporter_pid is None and tick % 4 == 0:
+                self.exporter_pid = self._find_exporter()
+            tick += 1
+            for attr, pid in (("pagesrv_kib", self.pagesrv_pid),
+                              ("exporter_kib", self.exporter_pid)):
+                if pid:
+                    v = vm_hwm_kib(pid)
+                    if v is not None:
+                        setattr(self, attr, max(v, getattr(self, attr) or 0))
+            time.sleep(0.05)
+
+    def finish(self):
+        self.stop = True
+        self.thread.join(timeout=5)
+        self._close()
+
+
+def _procs_with_args(*words):
+    """PIDs of processes whose command line holds every one of `words`."""
+    out = []
+    want = [w.encode() for w in words]
+    for e in os.listdir("/proc"):
+        if not e.isdigit() or int(e) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{e}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if all(w in args for w in want):
+            out.append(int(e))
+    return out
+
+
 class PatchedSwapcopyMode:
-    """HOOK(qemu-patches): swapcopy with the patched QEMU of qemu-patches/
-    (source RAM private, served by QEMU itself; no arming from outside).
-    Not implemented yet: whoever lands qemu-patches/ fills migrate() in with
-    its driver and adds the mode to MODES in bench/vs-qemu-postcopy. The
-    harness measures everything else (events, PASS lines, VmHWM) the same
-    way as for the other modes; migrate() must return at least downtime_ms,
-    total_s, wire_bytes, t_done and, if it can, fault_p50_us/fault_p99_us."""
+    """swapcopy with the patched QEMU of qemu-patches/: both QEMUs are the
+    patched binary; the source's RAM is private anonymous memory (no
+    /dev/shm file), served by the source QEMU itself (-postcopy
+    swap,server=...,listen=...: it starts nbd-pagesrv --export at
+    `migrate`); the destination (-postcopy swap,src=...,setup=...) runs
+    setup-swap.sh when the stream arrives, arms its RAM in-process, loads
+    the device state, streams, converts and tears the device down by
+    itself. The harness boots the pair with guest_options()."""
 
     name = "swapcopy-patched"
 
-    def __init__(self, qemu_binary):
-        self.qemu_binary = qemu_binary
+    def __init__(self, qemu_binary, log, slot_timeout=300):
+        if not qemu_binary:
+            raise ModeFailed("swapcopy-patched: no patched QEMU (qemu-patches/build.sh)")
+        self.qemu_binary, self.log, self.slot_timeout = qemu_binary, log, slot_timeout
+        self.state_dir = self.swap_name = self.listen = None
+        self.src = self.dst = None
+        self.watcher = None
+        self.migrating = False   # `migrate` issued, source not completed/failed yet
+        self.exporter_pid = None
+
+    def guest_options(self, run_dir, build, mib):
+        """Keyword arguments for the harness's Guest(): the patched binary,
+        no RAM file on the source, and each side's -postcopy swap."""
+        # Unix socket paths (state dir/NAME/ctl.sock) must stay < 108 bytes:
+        # not under the results directory.
+        self.state_dir = f"/run/vsqemu-{os.getpid()}"
+        self.swap_name = f"p{os.getpid()}-{os.path.basename(run_dir)[:3]}"
+        self.listen = f"127.0.0.1:{free_port()}"
+        pagesrv = os.path.join(build, "nbd-pagesrv")
+        setup = os.path.join(SRC_ROOT, "scripts", "setup-swap.sh")
+        return {"qemu": self.qemu_binary, "src_ram_file": None,
+                "src_args": ["-postcopy", f"swap,server={pagesrv},listen={self.listen}"],
+                "dst_args": ["-postcopy",
+                             f"swap,src={self.listen},setup={setup},name={self.swap_name},"
+                             f"state-dir={self.state_dir},server={pagesrv}"]}
+
+    def _switched(self, src):
+        """Has the guest left the source? (Before the switch a failure
+        restarts the source's guest; after it, nothing is restarted.)"""
+        if src.qmp.event_time("STOP", after=self.t_migrate - 1) is None:
+            return False
+        try:
+            return src.qmp.cmd("query-status", timeout=10)["status"] != "running"
+        except GuestError:
+            return True
 
     def migrate(self, src, dst, run_dir, build):
-        raise ModeFailed("swapcopy-patched: not implemented yet (HOOK(qemu-patches) in "
-                         "bench/vsqemu/modes.py)")
+        self.src, self.dst = src, dst
+        timeout = 120 + 0.5 * src.mib   # arming is seconds per 128 MiB here
+        wait_swap_slot(self.slot_timeout, self.log)
+        t_begin = time.time()
+        src.qmp.cmd("migrate-set-capabilities",
+                    capabilities=[{"capability": "events", "state": True},
+                                  {"capability": "postcopy-swap", "state": True}])
+        uri = f"tcp:127.0.0.1:{free_port()}"
+        dst.qmp.cmd("migrate-incoming", uri=uri)
+        sd = os.path.join(self.state_dir, self.swap_name)
+        self.watcher = PagesrvWatcher(os.path.join(sd, "ctl.sock"),
+                                      os.path.join(sd, "pagesrv.pid"), src.pid)
+        self.t_migrate = time.time()
+        src.qmp.cmd("migrate", uri=uri)
+        self.migrating = True
+        deadline = self.t_migrate + timeout
+        s = d = {}
+        t_src_done = t_dst_done = None
+        postcopy_active = False
+        try:
+            while t_src_done is None or t_dst_done is None:
+                if time.time() > deadline:
+                    raise ModeFailed(f"swapcopy-patched: not done after {timeout:.0f} s (source "
+                                     f"{s.get('status')}, destination postcopy-swap "
+                                     f"{d.get('postcopy-swap', {}).get('state')})",
+                                     switched=self._switched(src))
+                if t_src_done is None:
+                    s = src.qmp.cmd("query-migrate")
+                    st = s.get("status")
+                    postcopy_active |= st == "postcopy-active"
+                    if st == "completed":
+                        t_src_done = time.time()
+                        self.migrating = False
+                    elif st in ("failed", "cancelled"):
+                        self.migrating = False
+                        raise ModeFailed(f"swapcopy-patched: source migration {st}: "
+                                         f"{s.get('error-desc', '')}"
+                                         + self._dst_error(dst),
+                                         switched=postcopy_active or self._switched(src))
+                # The destination's monitor does not answer while it arms
+                # (main thread); ask only once the source knows it loaded.
+                if t_dst_done is None and (postcopy_active or t_src_done):
+                    if not dst.alive():
+                        raise ModeFailed("swapcopy-patched: destination QEMU exited"
+                                         + self._dst_error(dst), switched=True)
+                    d = dst.qmp.cmd("query-migrate", timeout=120)
+                    ps = d.get("postcopy-swap", {})
+                    if ps.get("state") == "finished":
+                        t_dst_done = time.time()
+                    elif ps.get("state") == "failed":
+                        raise ModeFailed(f"swapcopy-patched: destination postcopy-swap failed: "
+                                         f"{ps.get('error')}", switched=True)
+                elif t_src_done is None and not dst.alive():
+                    raise ModeFailed("swapcopy-patched: destination QEMU exited"
+                                     + self._dst_error(dst), switched=self._switched(src))
+                time.sleep(0.02)
+            # QEMU sets `completed` before it fills in total-time and downtime.
+            for _ in range(200):
+                if s.get("total-time"):
+                    break
+                time.sleep(0.01)
+                s = src.qmp.cmd("query-migrate")
+        finally:
+            self.watcher.finish()
+        w = self.watcher
+        self.exporter_pid = w.exporter_pid
+        ps = d["postcopy-swap"]
+        t_src_ev = src.qmp.event_time("MIGRATION", after=self.t_migrate - 1,
+                                      pred=lambda e: e["data"].get("status") == "completed")
+        t_done = max(t_src_done, t_dst_done)
+        out = {"downtime_ms": qemu_downtime(s), "qemu_downtime_raw_ms": s.get("downtime"),
+               "qemu_total_ms": s.get("total-time"),
+               # begin -> the source completed (exporter gone) and the
+               # destination finished (every page plain memory, device gone)
+               "total_s": t_done - self.t_migrate,
+               "src_done_s": (t_src_ev or t_src_done) - self.t_migrate,
+               "dst_finished_s": t_dst_done - self.t_migrate,
+               "dst_arm_ms": ps.get("arm-time"), "dst_finish_ms": ps.get("finish-time"),
+               # device state's own RAM bytes (none with postcopy-swap) + pages pulled
+               "wire_bytes": ps.get("bytes-fetched", 0) + s.get("ram", {}).get("transferred", 0),
+               "bytes_fetched": ps.get("bytes-fetched"),
+               "pages": {k[6:]: v for k, v in ps.items() if k.startswith("pages-")},
+               "pagesrv_hwm_kib": w.pagesrv_kib, "exporter_hwm_kib": w.exporter_kib,
+               "t_done": t_done, "t_begin": t_begin}
+        st = w.status
+        if st:
+            fl = st["fetch_latency_us"]
+            out.update({"faults": fl["count"], "fault_p50_us": fl["p50"],
+                        "fault_p99_us": fl["p99"], "fault_max_us": fl["max"],
+                        "pagesrv_last_state": st.get("state")})
+            if st.get("state") != "complete":
+                self.log(f"swapcopy-patched: nbd-pagesrv's last status before teardown was "
+                         f"'{st.get('state')}': fault latencies may miss the last faults")
+        if w.stats:
+            out["nbd_read_latency_us"] = {k: w.stats["latency_us"][k]
+                                          for k in ("p50", "p99", "max")}
+        return out
+
+    def _dst_error(self, dst):
+        """The destination QEMU's last error lines, for the failure message."""
+        try:
+            dst.log.flush()
+            lines = open(dst.log.name, errors="replace").read().strip().splitlines()
+        except (OSError, ValueError):
+            return ""
+        err = [l for l in lines if "postcopy-swap" in l or "error" in l.lower()]
+        return f" (destination: {' | '.join((err or lines)[-2:])[:400]})" if lines else ""
 
     def collect_after_stop(self, dst, out):
         pass
+
+    def abort(self):
+        """Ctrl-C or an error while migrating: cancel on the source (before
+        the switch its guest goes on; the destination's load fails and its
+        QEMU tears its device down as it exits)."""
+        if self.watcher:
+            self.watcher.finish()
+        if self.migrating and self.src and self.src.alive():
+            self.migrating = False
+            try:
+                switched = self._switched(self.src)
+                self.src.qmp.cmd("migrate_cancel", timeout=10)
+            except Exception:  # noqa: BLE001 -- stopping the QEMUs follows anyway
+                switched = True
+            # Before the switch, let the destination notice and exit (it
+            # runs its atexit teardown) before the harness stops it; after
+            # it, the destination stays up until the harness stops it.
+            deadline = time.time() + 30
+            while not switched and self.dst and self.dst.alive() and time.time() < deadline:
+                time.sleep(0.1)
+
+    def cleanup(self, build):
+        """After both QEMUs are gone: wait for setup/teardown scripts the
+        destination started (they outlive a killed QEMU), then tear down
+        whatever device is left, and end a source exporter that is still
+        there (it normally dies with its QEMU: PR_SET_PDEATHSIG)."""
+        if not self.swap_name:
+            return
+        deadline = time.time() + 120
+        while time.time() < deadline and _procs_with_args("--name", self.swap_name):
+            time.sleep(0.2)
+        if os.path.isdir(os.path.join(self.state_dir, self.swap_name)):
+            r = subprocess.run([os.path.join(SRC_ROOT, "scripts", "teardown-swap.sh"),
+                                "--name", self.swap_name, "--state-dir", self.state_dir],
+                               capture_output=True, text=True,
+                               env=dict(os.environ, SWAPCOPY_BUILD=build))
+            if r.returncode != 0:
+                self.log(f"swapcopy-patched: teardown-swap.sh --name {self.swap_name} "
+                         f"--state-dir {self.state_dir} failed: {r.stderr.strip()}")
+        pid = self.exporter_pid or (self.watcher and self.watcher.exporter_pid)
+        if pid:
+            try:
+                if open(f"/proc/{pid}/comm").read().strip() == "nbd-pagesrv":
+                    os.kill(pid, signal.SIGTERM)
+                    for _ in range(50):
+                        os.kill(pid, 0)
+                        time.sleep(0.1)
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            os.rmdir(self.state_dir)
+        except OSError:
+            pass
 
 
 __all__ = ["QemuMode", "SwapcopyMode", "PatchedSwapcopyMode", "ModeFailed", "GuestError"]

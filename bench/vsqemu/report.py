@@ -3,6 +3,7 @@ as a terminal table and as Markdown."""
 import statistics
 
 POSTCOPY_MODES = ("postcopy", "postcopy-preempt")
+SWAPCOPY_MODES = ("swapcopy", "swapcopy-patched")
 
 # key, label, better ("low"/"high"), scale, format
 METRICS = [
@@ -70,19 +71,25 @@ def best_postcopy(groups, mib, wl, key, better):
     return (min if better == "low" else max)(cands)
 
 
-def ratio(groups, mib, wl, key, better):
-    sc = groups.get((mib, wl, "swapcopy"), {}).get(key)
+def ratio(groups, mib, wl, key, better, mode="swapcopy"):
+    sc = groups.get((mib, wl, mode), {}).get(key)
     b, _ = best_postcopy(groups, mib, wl, key, better)
     if not sc or b is None or b == 0:
         return None
     return sc["med"] / b
 
 
+def ratio_modes(modes):
+    """The swapcopy modes that get a ratio column (always at least one)."""
+    return [m for m in SWAPCOPY_MODES if m in modes] or ["swapcopy"]
+
+
 def table_rows(groups, modes):
     """Yields (section title, header, rows) per (size, workload)."""
     keys = sorted({(k[0], k[1]) for k in groups}, key=lambda k: (k[0], k[1]))
+    rmodes = ratio_modes(modes)
     for mib, wl in keys:
-        header = ["metric"] + list(modes) + ["swapcopy / best postcopy"]
+        header = ["metric"] + list(modes) + [f"{m} / best postcopy" for m in rmodes]
         rows = []
         fails = []
         for m in modes:
@@ -98,8 +105,8 @@ def table_rows(groups, modes):
             cells = [cell(groups.get((mib, wl, m), {}).get(key), scale, fmt) for m in modes]
             if all(c == "-" for c in cells):
                 continue
-            r = ratio(groups, mib, wl, key, better)
-            rows.append([label] + cells + ([f"{r:.2f}"] if r is not None else ["-"]))
+            rs = [ratio(groups, mib, wl, key, better, m) for m in rmodes]
+            rows.append([label] + cells + [f"{r:.2f}" if r is not None else "-" for r in rs])
         runs = {m: groups[(mib, wl, m)]["n_ok"] for m in modes if (mib, wl, m) in groups}
         title = f"{mib} MiB, {wl} (runs ok: " + ", ".join(f"{m} {n}" for m, n in runs.items()) + ")"
         yield title, header, rows, fails
@@ -136,25 +143,34 @@ def markdown_table(groups, modes):
 
 
 def goals(groups, floor):
-    """The issue's targets, one line each: (text, met: True/False/None)."""
+    """The issue's targets, one line each: (text, met: True/False/None), for
+    each swapcopy mode that ran."""
+    lines = []
+    present = [m for m in SWAPCOPY_MODES if any(k[2] == m for k in groups)] or ["swapcopy"]
+    for m in present:
+        lines += mode_goals(groups, floor, m)
+    return lines
+
+
+def mode_goals(groups, floor, sm):
     lines = []
     keys = sorted({(k[0], k[1]) for k in groups})
     for mib, wl in keys:
-        sc = groups.get((mib, wl, "swapcopy"))
+        sc = groups.get((mib, wl, sm))
         if not sc or not sc["n_ok"]:
-            lines.append((f"{mib} MiB {wl}: no successful swapcopy run", False))
+            lines.append((f"{mib} MiB {wl}: no successful {sm} run", False))
             continue
-        r = ratio(groups, mib, wl, "total_s", "low")
+        r = ratio(groups, mib, wl, "total_s", "low", sm)
         if r is not None:
-            lines.append((f"{mib} MiB {wl}: total time swapcopy/best postcopy = {r:.2f} "
+            lines.append((f"{mib} MiB {wl}: total time {sm}/best postcopy = {r:.2f} "
                           f"(goal <= 1.0)", r <= 1.0))
-        r = ratio(groups, mib, wl, "fault_p99_us", "low")
+        r = ratio(groups, mib, wl, "fault_p99_us", "low", sm)
         if r is not None:
-            lines.append((f"{mib} MiB {wl}: fault p99 swapcopy/best postcopy = {r:.2f} "
+            lines.append((f"{mib} MiB {wl}: fault p99 {sm}/best postcopy = {r:.2f} "
                           f"(goal <= 0.5)", r <= 0.5))
         if floor and sc.get("fault_p99_us") and floor.get("fault_us_p99"):
             f = sc["fault_p99_us"]["med"] / floor["fault_us_p99"]
-            lines.append((f"{mib} MiB {wl}: fault p99 swapcopy/local swap-in floor = {f:.2f} "
+            lines.append((f"{mib} MiB {wl}: fault p99 {sm}/local swap-in floor = {f:.2f} "
                           f"(goal <= 3)", f <= 3))
         b, m = best_postcopy(groups, mib, wl, "downtime_ms", "low")
         if b is not None and sc.get("downtime_ms"):
@@ -165,20 +181,20 @@ def goals(groups, floor):
                                                                   "stop_resume_ms", "low")
             if sr and br:
                 ev = f"; src STOP -> dst RESUME {sr['med']:.1f} vs {br:.1f} ms"
-            lines.append((f"{mib} MiB {wl}: downtime swapcopy {d:.0f} ms vs best postcopy "
+            lines.append((f"{mib} MiB {wl}: downtime {sm} {d:.0f} ms vs best postcopy "
                           f"({m}) {b:.0f} ms (goal <=, within QEMU's 1 ms resolution){ev}",
                           d <= b + 1))
     sizes = sorted({k[0] for k in groups})
     if len(sizes) > 1:
         for wl in sorted({k[1] for k in groups}):
-            d = [(s, groups.get((s, wl, "swapcopy"), {}).get("downtime_ms")) for s in sizes]
+            d = [(s, groups.get((s, wl, sm), {}).get("downtime_ms")) for s in sizes]
             d = [(s, x["med"]) for s, x in d if x]
             if len(d) > 1:
                 grow = d[-1][1] - d[0][1]
-                lines.append((f"{wl}: swapcopy downtime {d[0][1]:.0f} ms at {d[0][0]} MiB -> "
+                lines.append((f"{wl}: {sm} downtime {d[0][1]:.0f} ms at {d[0][0]} MiB -> "
                               f"{d[-1][1]:.0f} ms at {d[-1][0]} MiB (goal: flat, within 5 ms)",
                               abs(grow) <= 5))
             else:
-                lines.append((f"{wl}: swapcopy downtime flat as RAM grows: not measurable "
-                              f"(swapcopy succeeded at {len(d)} size(s))", None))
+                lines.append((f"{wl}: {sm} downtime flat as RAM grows: not measurable "
+                              f"({sm} succeeded at {len(d)} size(s))", None))
     return lines
