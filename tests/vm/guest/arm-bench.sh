@@ -3,9 +3,11 @@
 # boots it): arming time of regions of SIZES MiB, with MADV_SWAPSTUB on a
 # stub-only device and with the stock-kernel recipe on an ordinary one, same
 # VM, same run, alternating. One JSON line per measurement, tagged
-# "RESULT ".
+# "RESULT "; after each MADV_SWAPSTUB arm, the kernel's part alone
+# (bench/madv-time: the madvise call, a pagemap read), tagged "KERNEL ".
 #
-#   arm-bench.sh [SIZES_MIB...]     (default: 1024 4096)
+#   [ARM_BENCH_METHODS="madv_swapstub stock"] arm-bench.sh [SIZES_MIB...]
+#   (default sizes: 1024 4096)
 set -euo pipefail
 
 B=${SWAPCOPY_BUILD:?} S=${SWAPCOPY_SRC:?}
@@ -33,7 +35,7 @@ for mib in "${sizes[@]}"; do
     src_pid=$!
     for _ in $(seq 100); do [ -S "$work/src.ctl" ] && break; sleep 0.1; done
     [ -S "$work/src.ctl" ] || { cat "$work/source.log"; fail "the source nbd-pagesrv did not start"; }
-    for method in madv_swapstub stock; do
+    for method in ${ARM_BENCH_METHODS:-madv_swapstub stock}; do
         if [ "$method" = stock ]; then stub=--no-stub; else stub=--stub; fi
         # Four times the region: the stock recipe must keep swap under half full.
         out=$("$S/scripts/setup-swap.sh" --src "127.0.0.1:$port" --name "$name" $stub \
@@ -44,6 +46,10 @@ for mib in "${sizes[@]}"; do
         res=$(SWAPSTUB_ARM_METHOD=$method "$B/bench/arm-time" --control "$control" \
               --device "$device" --export mem --mib "$mib") || fail "arm-time --mib $mib ($method) failed"
         echo "RESULT $res"
+        if [ "$method" = madv_swapstub ]; then
+            res=$("$B/bench/madv-time" --mib "$mib") || fail "madv-time --mib $mib failed"
+            echo "KERNEL $res"
+        fi
         "$S/scripts/teardown-swap.sh" --name "$name" --state-dir "$state_root" >/dev/null ||
             fail "teardown-swap.sh failed"
     done

@@ -107,11 +107,12 @@ teardown
 step "another process: hold-region --mib $mib, swapstub arm --pid (auto method), finish"
 setup
 coproc HOLD { exec "$B/tests/hold-region" --mib "$mib" --sums "$work/src.crc"; }
+# shellcheck disable=SC2153  # HOLD_PID is set by coproc
 hold_pid=$HOLD_PID
 read -r -t 30 line <&"${HOLD[0]}" || fail "hold-region printed nothing"
 addr=$(sed -n 's/^ADDR=\([^ ]*\) .*/\1/p' <<<"$line")
 len=$(sed -n 's/.* LEN=//p' <<<"$line")
-[ -n "$addr" ] && [ -n "$len" ] || fail "hold-region said '$line'"
+{ [ -n "$addr" ] && [ -n "$len" ]; } || fail "hold-region said '$line'"
 arm_out=$("$B/swapstub" arm --pid "$hold_pid" --addr "$addr" --len "$len" --control "$control" \
           --device "$device" --export mem) || fail "swapstub arm --pid failed"
 echo "$arm_out"
