@@ -111,8 +111,10 @@ static bool wait_markers_written(SwapStub *s, uint64_t before, GError **error)
     g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
                 "only %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " marker pages reached "
                 "nbd-pagesrv within %d s: is %s the highest-priority swap device, and is "
-                "zswap off?", have - before, s->pages, (int)(MARKER_WAIT_US / G_USEC_PER_SEC),
-                s->device);
+                "zswap off?%s", have - before, s->pages, (int)(MARKER_WAIT_US / G_USEC_PER_SEC),
+                s->device, swapstub_kernel_has_madv_swapstub()
+                    ? " Or is it stub-only (setup-swap.sh --stub), where swap-out never "
+                      "writes: arm it with MADV_SWAPSTUB (unset SWAPSTUB_ARM_METHOD)" : "");
     return false;
 }
 
