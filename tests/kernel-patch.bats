@@ -12,10 +12,16 @@ teardown() {
     run_deferred
 }
 
-# The cached kernel (built on first use); sets KERNEL and SELFTEST.
+# The cached kernel (built on first use); sets KERNEL and SELFTEST. A
+# failed build is not tried again by the next test (it takes ~10 min).
 kernel() {
-    local out
+    local out failed=$BATS_FILE_TMPDIR/kernel-build-failed
+    if [ -e "$failed" ]; then
+        echo "mm-patch-madvise/build.sh failed in an earlier test of this file (see there)"
+        return 1
+    fi
     out=$("$SWAPCOPY_SRC/mm-patch-madvise/build.sh") || {
+        touch "$failed"
         echo "mm-patch-madvise/build.sh failed"
         return 1
     }
