@@ -7,11 +7,13 @@
 #include <unistd.h>
 
 #include "nbd-proto.h"
+#include "proc-mem-holes.h"
 
 typedef struct {
     int fd;
     char *path;
     uint64_t base;     /* export offset 0 is file offset base */
+    ProcMemHoles *holes;   /* a /proc/PID/mem window: its untouched pages */
 } FileExport;
 
 static FileExport *fx(Export *e) { return e->impl; }
@@ -67,9 +69,11 @@ static void add_extent(GArray *ext, uint64_t len, uint32_t flags)
 static int fe_block_status(Export *e, uint32_t len, uint64_t off, GArray *ext)
 {
     int fd = fx(e)->fd;
+    if (fx(e)->holes)
+        return proc_mem_holes_extents(fx(e)->holes, len, off, ext);
     if (fx(e)->base) {
-        /* A window into a process's memory (/proc/PID/mem) has no holes
-         * that lseek can report. */
+        /* A window lseek cannot describe, and not one of a process's
+         * memory we can: all data. */
         add_extent(ext, len, 0);
         return 0;
     }
@@ -107,6 +111,7 @@ static void fe_stats_json(Export *e, GString *out)
 static void fe_destroy(Export *e)
 {
     close(fx(e)->fd);
+    proc_mem_holes_close(fx(e)->holes);
     g_free(fx(e)->path);
     g_free(fx(e));
 }
@@ -179,6 +184,8 @@ Export *file_export_new(const char *spec, GError **error)
     f->fd = fd;
     f->path = g_strdup(path);
     f->base = base;
+    if (windowed)
+        f->holes = proc_mem_holes_open(path, base);
     Export *e = g_new0(Export, 1);
     e->name = g_steal_pointer(&name);
     e->size = windowed ? window : (uint64_t)st.st_size;

@@ -598,6 +598,42 @@ PY
     [[ $output == *"--mem-prealloc goes with --size"* ]]
 }
 
+@test "source: a window of a process's memory reports untouched pages as holes, and the pull skips them" {
+    # The first page of every 64 (one per stream chunk) of a private
+    # anonymous region written, the rest never touched: like an idle
+    # guest's RAM behind a patched QEMU source.
+    coproc HOLD { exec "$TESTBIN/hold-region" --mib 16 --touch-every 64; }
+    hold_pid=$HOLD_PID
+    defer kill_wait "$hold_pid"
+    read -r line <&"${HOLD[0]}"
+    addr=${line#ADDR=}; addr=${addr%% *}; len=${line##*LEN=}
+    IMG="/proc/$hold_pid/mem@$addr+$len"
+    src_start
+    data=$(nbdinfo --json --map "nbd://127.0.0.1:$SRC_PORT/mem" | python3 -c 'import json,sys
+print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))')
+    [ "$data" -eq $(( 64 * 4096 )) ]
+    SLOTS=4096
+    dst_start "$SLOTS"
+    ctl map 0 mem 0 4096 >/dev/null
+    wait_local 60
+    final=$(cat "$T/final.json")
+    [ "$(jfield "$final" pages.zero)" -eq $(( 4096 - 64 )) ]
+    [ "$(jfield "$final" pages.streamed)" -eq 64 ]
+    [ "$(jfield "$final" bytes_fetched)" -eq $(( 64 * 4096 )) ]
+    cmp <(nbdcopy "nbd://127.0.0.1:$SRC_PORT/mem" -) <(nbdcopy "$URI" -)
+    # Shared memory is never reported as holes: its pages live elsewhere.
+    coproc SHARED { exec "$TESTBIN/hold-region" --mib 4 --shared; }
+    shared_pid=$SHARED_PID
+    defer kill_wait "$shared_pid"
+    read -r line <&"${SHARED[0]}"
+    addr=${line#ADDR=}; addr=${addr%% *}; len=${line##*LEN=}
+    IMG="/proc/$shared_pid/mem@$addr+$len"
+    src_start
+    data=$(nbdinfo --json --map "nbd://127.0.0.1:$SRC_PORT/mem" | python3 -c 'import json,sys
+print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))')
+    [ "$data" -eq "$len" ]
+}
+
 @test "pull: a standard NBD server (nbdkit, read-only file) works as the source" {
     mk_src 32
     SLOTS=9000 MAP=$T/map

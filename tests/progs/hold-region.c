@@ -2,12 +2,14 @@
  * stock QEMU waiting for -incoming): maps a region, prints its address,
  * and leaves it alone until told to check it.
  *
- *   hold-region --mib N [--shared] [--sums CRCFILE]
+ *   hold-region --mib N [--shared] [--sums CRCFILE] [--touch-every N]
  *
  * Prints "ADDR=0x... LEN=..." and waits. On SIGUSR1 it reads every page
  * and compares it with CRCFILE (mkimage's checksums): prints
  * "CHECK verified=N wrong=M" and exits 0 if all are right, 1 otherwise.
- * SIGTERM ends it. --shared maps shared memory (which arming must refuse). */
+ * SIGTERM ends it. --shared maps shared memory (which arming must refuse).
+ * --touch-every N writes a non-zero byte into every Nth page first and
+ * leaves the others untouched (a source whose idle RAM is holes). */
 #include <errno.h>
 #include <signal.h>
 #include <stdint.h>
@@ -25,10 +27,12 @@ int main(int argc, char **argv)
     gint mib = 16;
     gboolean shared = FALSE;
     char *sums = NULL;
+    gint touch_every = 0;
     GOptionEntry entries[] = {
         { "mib", 0, 0, G_OPTION_ARG_INT, &mib, "region size", "MIB" },
         { "shared", 0, 0, G_OPTION_ARG_NONE, &shared, "map shared memory", NULL },
         { "sums", 0, 0, G_OPTION_ARG_FILENAME, &sums, "mkimage checksums", "FILE" },
+        { "touch-every", 0, 0, G_OPTION_ARG_INT, &touch_every, "write every Nth page", "N" },
         { NULL, 0, 0, 0, NULL, NULL, NULL },
     };
     g_autoptr(GError) error = NULL;
@@ -45,6 +49,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "hold-region: mmap of %d MiB failed: %s\n", mib, strerror(errno));
         return 2;
     }
+    for (size_t off = 0; touch_every > 0 && off < len; off += (size_t)touch_every * 4096)
+        m[off + 7] = (unsigned char)(1 + off / 4096 % 255);
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGUSR1);
