@@ -232,9 +232,11 @@ bool swapstub_arm_madvise(SwapStub *s, int advice, SwapStubArmReport *r, GError 
 undo:
     /* Our own region: drop the swap entries (the slots are freed). Another
      * process's: overwrite with zeros, as the stock path does. */
-    if (target_is_self(&s->t))
-        madvise((void *)(uintptr_t)s->addr, s->pages * SS_PAGE, MADV_DONTNEED);
-    else
+    if (!target_is_self(&s->t))
         swapstub_disarm(s);
+    else if (madvise((void *)(uintptr_t)s->addr, s->pages * SS_PAGE, MADV_DONTNEED) < 0)
+        g_warning("undoing the failed arm: MADV_DONTNEED of the region failed: %s; its pages "
+                  "may still be on %s: do not run the workload on it", g_strerror(errno),
+                  s->device);
     return false;
 }
