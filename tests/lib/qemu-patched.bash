@@ -69,6 +69,21 @@ qp_pair_start() {
         "${post[@]}" "$@" || return 1
     # shellcheck disable=SC2034 # used by the tests
     DST_PID=$GUEST_PID DST_LOG=$GUEST_LOG DST_QMP=$GUEST_QMP DST_QEMU_LOG=$GUEST_QEMU_LOG
+    # QEMU creates its QMP socket before it binds the -incoming port: a
+    # 'migrate' in between is refused. (Connecting to check would start an
+    # incoming migration; the kernel's socket table says it without one.)
+    if ! wait_for _qp_listening "$mport"; then
+        echo "the destination QEMU is not listening on 127.0.0.1:$mport; its output:" >&2
+        cat "$DST_QEMU_LOG" >&2
+        return 1
+    fi
+}
+
+# _qp_listening PORT: something listens on TCP PORT (IPv4, any address).
+_qp_listening() {
+    awk -v port="$(printf '%04X' "$1")" \
+        'NR > 1 { split($2, a, ":"); if (a[2] == port && $4 == "0A") found = 1 } END { exit !found }' \
+        /proc/net/tcp
 }
 
 # qp_qmp QMP_SOCKET COMMAND [JSON-ARGS]: one QMP command, prints its return value.
