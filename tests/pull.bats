@@ -598,20 +598,34 @@ PY
     [[ $output == *"--mem-prealloc goes with --size"* ]]
 }
 
+# window_src HOLD-REGION-ARGS...: a process holding a region (hold-region),
+# served by the source as the window /proc/PID/mem@ADDR+LEN, as a patched
+# QEMU source serves its RAM. Sets WINDOW_LEN (and what src_start sets).
+window_src() {
+    local out=$T/hold.$RANDOM line pid
+    "$TESTBIN/hold-region" "$@" >"$out" &
+    pid=$!
+    defer kill_wait "$pid"
+    wait_for grep -q '^ADDR=' "$out"
+    line=$(head -n 1 "$out")
+    local addr=${line#ADDR=}; addr=${addr%% *}
+    WINDOW_LEN=${line##*LEN=}
+    IMG="/proc/$pid/mem@$addr+$WINDOW_LEN"
+    src_start
+}
+
+# data_bytes: bytes the source's block status reports as data.
+data_bytes() {
+    nbdinfo --json --map "nbd://127.0.0.1:$SRC_PORT/mem" | python3 -c 'import json,sys
+print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))'
+}
+
 @test "source: a window of a process's memory reports untouched pages as holes, and the pull skips them" {
     # The first page of every 64 (one per stream chunk) of a private
     # anonymous region written, the rest never touched: like an idle
     # guest's RAM behind a patched QEMU source.
-    coproc HOLD { exec "$TESTBIN/hold-region" --mib 16 --touch-every 64; }
-    hold_pid=$HOLD_PID
-    defer kill_wait "$hold_pid"
-    read -r line <&"${HOLD[0]}"
-    addr=${line#ADDR=}; addr=${addr%% *}; len=${line##*LEN=}
-    IMG="/proc/$hold_pid/mem@$addr+$len"
-    src_start
-    data=$(nbdinfo --json --map "nbd://127.0.0.1:$SRC_PORT/mem" | python3 -c 'import json,sys
-print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))')
-    [ "$data" -eq $(( 64 * 4096 )) ]
+    window_src --mib 16 --touch-every 64
+    [ "$(data_bytes)" -eq $(( 64 * 4096 )) ]
     SLOTS=4096
     dst_start "$SLOTS"
     ctl map 0 mem 0 4096 >/dev/null
@@ -622,16 +636,8 @@ print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))')
     [ "$(jfield "$final" bytes_fetched)" -eq $(( 64 * 4096 )) ]
     cmp <(nbdcopy "nbd://127.0.0.1:$SRC_PORT/mem" -) <(nbdcopy "$URI" -)
     # Shared memory is never reported as holes: its pages live elsewhere.
-    coproc SHARED { exec "$TESTBIN/hold-region" --mib 4 --shared; }
-    shared_pid=$SHARED_PID
-    defer kill_wait "$shared_pid"
-    read -r line <&"${SHARED[0]}"
-    addr=${line#ADDR=}; addr=${addr%% *}; len=${line##*LEN=}
-    IMG="/proc/$shared_pid/mem@$addr+$len"
-    src_start
-    data=$(nbdinfo --json --map "nbd://127.0.0.1:$SRC_PORT/mem" | python3 -c 'import json,sys
-print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))')
-    [ "$data" -eq "$len" ]
+    window_src --mib 4 --shared
+    [ "$(data_bytes)" -eq "$WINDOW_LEN" ]
 }
 
 @test "pull: a standard NBD server (nbdkit, read-only file) works as the source" {
