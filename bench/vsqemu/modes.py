@@ -203,9 +203,13 @@ class HwmPoller:
                 return int(e)
         return None
 
+    def _tick(self):
+        """Called first in every 50 ms round; subclasses watch more."""
+
     def _loop(self):
         tick = 0
         while not self.stop:
+            self._tick()
             if self.pagesrv_pid is None and os.path.exists(self.pidfile):
                 try:
                     self.pagesrv_pid = int(open(self.pidfile).read().strip())
@@ -224,7 +228,7 @@ class HwmPoller:
 
     def finish(self):
         self.stop = True
-        self.thread.join(timeout=2)
+        self.thread.join(timeout=5)
 
 
 def wait_swap_slot(timeout, log):
@@ -334,7 +338,7 @@ class SwapcopyMode:
                            capture_output=True, env=dict(os.environ, SWAPCOPY_BUILD=build))
 
 
-class PagesrvWatcher:
+class PagesrvWatcher(HwmPoller):
     """While a patched-QEMU migration runs: asks the destination's
     nbd-pagesrv (its control socket, once setup-swap.sh has made it) for
     `status` every 50 ms and keeps the last answer, the one saying
@@ -343,14 +347,10 @@ class PagesrvWatcher:
     (a child of the source QEMU)."""
 
     def __init__(self, ctl_path, pidfile, src_pid):
-        self.ctl_path, self.pidfile, self.src_pid = ctl_path, pidfile, src_pid
+        self.ctl_path, self.src_pid = ctl_path, src_pid
         self.status = self.stats = None
-        self.pagesrv_pid = self.exporter_pid = None
-        self.pagesrv_kib = self.exporter_kib = None
-        self.stop = False
         self.sock = self.file = None
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
+        super().__init__(pidfile, "")     # starts the thread: everything above first
 
     def _request(self, what):
         self.file.write(what + "\n")
@@ -409,29 +409,11 @@ class PagesrvWatcher:
                     pass
         return None
 
-    def _loop(self):
-        tick = 0
-        while not self.stop:
-            self._poll_control()
-            if self.pagesrv_pid is None and os.path.exists(self.pidfile):
-                try:
-                    self.pagesrv_pid = int(open(self.pidfile).read().strip())
-                except (OSError, ValueError):
-                    pass
-            if self.exporter_pid is None and tick % 4 == 0:
-                self.exporter_pid = self._find_exporter()
-            tick += 1
-            for attr, pid in (("pagesrv_kib", self.pagesrv_pid),
-                              ("exporter_kib", self.exporter_pid)):
-                if pid:
-                    v = vm_hwm_kib(pid)
-                    if v is not None:
-                        setattr(self, attr, max(v, getattr(self, attr) or 0))
-            time.sleep(0.05)
+    def _tick(self):
+        self._poll_control()
 
     def finish(self):
-        self.stop = True
-        self.thread.join(timeout=5)
+        super().finish()
         self._close()
 
 
