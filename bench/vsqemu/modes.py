@@ -177,6 +177,20 @@ class QemuMode:
         out["fault_max_us"] = lat[-1] if lat else None
 
 
+def _proc_cmdlines():
+    """(pid, argv as bytes) of every other process that can be read."""
+    for e in os.listdir("/proc"):
+        if not e.isdigit() or int(e) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{e}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0]:
+            yield int(e), args
+
+
 class HwmPoller:
     """Samples VmHWM of nbd-pagesrv (destination, pid from the state dir)
     and of the source exporter (found by its --export argument) while the
@@ -191,16 +205,9 @@ class HwmPoller:
         self.thread.start()
 
     def _find_exporter(self):
-        for e in os.listdir("/proc"):
-            if not e.isdigit():
-                continue
-            try:
-                with open(f"/proc/{e}/cmdline", "rb") as f:
-                    args = f.read().split(b"\0")
-            except OSError:
-                continue
-            if self.export_arg in args and any(a.endswith(b"nbd-pagesrv") for a in args[:1]):
-                return int(e)
+        for pid, args in _proc_cmdlines():
+            if self.export_arg in args and args[0].endswith(b"nbd-pagesrv"):
+                return pid
         return None
 
     def _tick(self):
@@ -419,19 +426,8 @@ class PagesrvWatcher(HwmPoller):
 
 def _procs_with_args(*words):
     """PIDs of processes whose command line holds every one of `words`."""
-    out = []
     want = [w.encode() for w in words]
-    for e in os.listdir("/proc"):
-        if not e.isdigit() or int(e) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{e}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if all(w in args for w in want):
-            out.append(int(e))
-    return out
+    return [pid for pid, args in _proc_cmdlines() if all(w in args for w in want)]
 
 
 class PatchedSwapcopyMode:
