@@ -14,27 +14,14 @@ B=${SWAPCOPY_BUILD:?} S=${SWAPCOPY_SRC:?}
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(1024 4096)
 work=/tmp/arm-bench state_root=/run/swapcopy name=bench port=4455
 mkdir -p "$work"
-fail() { echo "FAIL: $*"; exit 1; }
-
-src_pid=""
-cleanup() {
-    local rc=$?
-    "$S/scripts/teardown-swap.sh" --name "$name" --state-dir "$state_root" >/dev/null 2>&1 || true
-    [ -n "$src_pid" ] && kill "$src_pid" 2>/dev/null
-    exit $rc
-}
-trap cleanup EXIT
+. "$S/tests/vm/guest/lib.sh"
 
 [ -e /sys/kernel/mm/swap/swapstub ] || fail "not a kernel with mm-patch-madvise"
 echo "kernel $(uname -r), $(nproc) CPUs, $(awk '$1 == "MemTotal:" { print int($2 / 1024) }' /proc/meminfo) MiB"
 for mib in "${sizes[@]}"; do
     # The source export: a sparse file (arming reads nothing from it).
     truncate -s "${mib}M" "$work/src.img"
-    "$B/nbd-pagesrv" --export "mem=$work/src.img" --listen "127.0.0.1:$port" --no-mlock \
-        --control "$work/src.ctl" >"$work/source.log" 2>&1 &
-    src_pid=$!
-    for _ in $(seq 100); do [ -S "$work/src.ctl" ] && break; sleep 0.1; done
-    [ -S "$work/src.ctl" ] || { cat "$work/source.log"; fail "the source nbd-pagesrv did not start"; }
+    source_start "$work/src.img" "$port" "$work/src.ctl" "$work/source.log"
     for method in ${ARM_BENCH_METHODS:-madv_swapstub stock}; do
         if [ "$method" = stock ]; then stub=--no-stub; else stub=--stub; fi
         # Four times the region: the stock recipe must keep swap under half full.

@@ -13,33 +13,13 @@ B=${SWAPCOPY_BUILD:?} S=${SWAPCOPY_SRC:?}
 work=/tmp/e2e-nbd state_root=/run/swapcopy name=vmtest port=4444
 mkdir -p "$work"
 
-fail() { echo "FAIL: $*"; exit 1; }
-step() { echo "== $* (t=$(( $(date +%s) - t0 ))s)"; }
-t0=$(date +%s)
-
-src_pid=""
-cleanup() {
-    local rc=$?
-    "$S/scripts/teardown-swap.sh" --name "$name" --state-dir "$state_root" >/dev/null 2>&1 || true
-    [ -n "$src_pid" ] && kill "$src_pid" 2>/dev/null
-    exit $rc
-}
-trap cleanup EXIT
+. "$S/tests/vm/guest/lib.sh"
 
 [ -d /sys/module/nbd ] || fail "the nbd driver is not loaded in this VM"
 
 step "source: mkimage $mib MiB, nbd-pagesrv --export mem=IMG --listen 127.0.0.1:$port"
 "$B/tests/mkimage" "$work/src.img" "$mib" "$work/src.crc" >/dev/null
-"$B/nbd-pagesrv" --export "mem=$work/src.img" --listen "127.0.0.1:$port" --no-mlock \
-    --control "$work/src.ctl" >"$work/source.log" 2>&1 &
-src_pid=$!
-# nbd-pagesrv creates its control socket after its listening sockets.
-for _ in $(seq 100); do
-    [ -S "$work/src.ctl" ] && break
-    kill -0 "$src_pid" 2>/dev/null || { cat "$work/source.log"; fail "the source nbd-pagesrv exited"; }
-    sleep 0.1
-done
-[ -S "$work/src.ctl" ] || { cat "$work/source.log"; fail "the source nbd-pagesrv did not start within 10 s"; }
+source_start "$work/src.img" "$port" "$work/src.ctl" "$work/source.log"
 
 step "destination: setup-swap.sh --src 127.0.0.1:$port --size 512M"
 # --size: without it setup-swap.sh asks nbdinfo and python3, not in the VM.

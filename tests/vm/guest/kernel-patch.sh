@@ -18,19 +18,7 @@ selftest=$S/extra/swapstub-selftest
 work=/tmp/kernel-patch state_root=/run/swapcopy name=kp port=4444
 mkdir -p "$work"
 
-fail() { echo "FAIL: $*"; exit 1; }
-step() { echo "== $* (t=$(( $(date +%s) - t0 ))s)"; }
-t0=$(date +%s)
-
-src_pid="" hold_pid=""
-cleanup() {
-    local rc=$?
-    "$S/scripts/teardown-swap.sh" --name "$name" --state-dir "$state_root" >/dev/null 2>&1 || true
-    [ -n "$hold_pid" ] && kill "$hold_pid" 2>/dev/null
-    [ -n "$src_pid" ] && kill "$src_pid" 2>/dev/null
-    exit $rc
-}
-trap cleanup EXIT
+. "$S/tests/vm/guest/lib.sh"
 
 echo "kernel: $(uname -r) $(uname -v)"
 [ -e /sys/kernel/mm/swap/swapstub ] ||
@@ -50,15 +38,7 @@ fi
 
 step "source: mkimage $mib MiB, nbd-pagesrv --export mem=IMG --listen 127.0.0.1:$port"
 "$B/tests/mkimage" "$work/src.img" "$mib" "$work/src.crc" >/dev/null
-"$B/nbd-pagesrv" --export "mem=$work/src.img" --listen "127.0.0.1:$port" --no-mlock \
-    --control "$work/src.ctl" >"$work/source.log" 2>&1 &
-src_pid=$!
-for _ in $(seq 100); do
-    [ -S "$work/src.ctl" ] && break
-    kill -0 "$src_pid" 2>/dev/null || { cat "$work/source.log"; fail "the source nbd-pagesrv exited"; }
-    sleep 0.1
-done
-[ -S "$work/src.ctl" ] || { cat "$work/source.log"; fail "the source nbd-pagesrv did not start within 10 s"; }
+source_start "$work/src.img" "$port" "$work/src.ctl" "$work/source.log"
 
 setup() {
     local out
