@@ -199,8 +199,10 @@ int main(int argc, char **argv)
     SwapStub *s = NULL;
     /* A refused arm leaves the region zeroed and can be tried again; on
      * these hosts a DAMON page-out scheme sometimes keeps a few marker
-     * pages in the swap cache past the budget. */
-    for (int attempt = 1; !s && attempt <= 3; attempt++) {
+     * pages in the swap cache past the budget (three refusals in a row
+     * were seen once under check-sanitizers). As many tries as
+     * swapcopy-migrate's default --arm-attempts. */
+    for (int attempt = 1; !s && attempt <= 5; attempt++) {
         g_clear_error(&error);
         s = swapstub_arm(&cfg, &r, &error);
         if (!s)
