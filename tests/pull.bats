@@ -487,7 +487,7 @@ PY
     ctl policy background off >/dev/null
     map_file "$MAP"
     mapfile -t data < <(data_pages)
-    [ "${#data[@]}" -gt 2000 ]
+    [ "${#data[@]}" -gt 1600 ]   # data[1600] is used below
     a=$(slot_of_page "${data[100]}")       # written while remote
     d=$(slot_of_page "${data[600]}")       # read (fetched), then written
     e=$(slot_of_page "${data[1100]}")      # partly written while remote
