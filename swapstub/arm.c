@@ -92,20 +92,35 @@ static bool daemon_marker_pages(SwapStub *s, uint64_t *out, GError **error)
     return true;
 }
 
+/* A page the pass could not isolate was not written: page the region out
+ * again (pages already out are skipped by the kernel). */
+static bool pageout_again(SwapStub *s, GError **error)
+{
+    return swapstub_drain_lru_batches(error) &&
+           target_madvise(&s->t, s->addr, s->pages * SS_PAGE, MADV_PAGEOUT, error);
+}
+
 /* The kernel may still be writing markers when MADV_PAGEOUT returns, and a
  * page under writeback cannot leave the swap cache: wait until the daemon
  * has every one. */
 static bool wait_markers_written(SwapStub *s, uint64_t before, GError **error)
 {
-    gint64 deadline = g_get_monotonic_time() + MARKER_WAIT_US;
+    gint64 start = g_get_monotonic_time(), deadline = start + MARKER_WAIT_US;
+    gint64 next_pass = start + G_USEC_PER_SEC;
     uint64_t have = 0;
     for (;;) {
         if (!daemon_marker_pages(s, &have, error))
             return false;
         if (have >= before + s->pages)
             return true;
-        if (g_get_monotonic_time() > deadline)
+        gint64 now = g_get_monotonic_time();
+        if (now > deadline)
             break;
+        if (now > next_pass) {
+            if (!pageout_again(s, error))
+                return false;
+            next_pass = now + G_USEC_PER_SEC;
+        }
         g_usleep(5000);
     }
     g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
@@ -151,7 +166,7 @@ static bool collect_slots(SwapStub *s, GError **error)
                         "pinned?", missing, first_missing);
             return false;
         }
-        if (!target_madvise(&s->t, s->addr, s->pages * SS_PAGE, MADV_PAGEOUT, error))
+        if (!pageout_again(s, error))
             return false;
         g_usleep(10000);
     }
@@ -189,7 +204,10 @@ static int64_t evict_self(SwapStub *s, GError **error)
 
 /* Another process: read every page back; a page still showing the marker
  * we wrote came from the swap cache, one flagged by nbd-pagesrv came from
- * the device. Then page everything out again. */
+ * the device. Then page everything out again, in one pass after all the
+ * reads: a read from the device also brings its neighbours into the swap
+ * cache (readahead), and a neighbour already paged out would stay there,
+ * unmapped, where no later pass reaches it. */
 static int64_t evict_remote(SwapStub *s, GError **error)
 {
     g_autofree unsigned char *buf = g_malloc((size_t)BATCH_PAGES * SS_PAGE);
@@ -212,9 +230,9 @@ static int64_t evict_remote(SwapStub *s, GError **error)
             if (origin == SWAPSTUB_ORIGIN_WRITTEN)
                 cached++;
         }
-        if (!target_madvise(&s->t, page_addr(s, i), n * SS_PAGE, MADV_PAGEOUT, error))
-            return -1;
     }
+    if (!pageout_again(s, error))
+        return -1;
     return cached;
 }
 
@@ -241,9 +259,14 @@ static bool evict(SwapStub *s, unsigned max_rounds, int64_t baseline, bool mappe
     gulong pause = 1000;
     int64_t cached = 0;
     for (unsigned round = 1;; round++) {
+        if (!swapstub_drain_lru_batches(error))
+            return false;
         cached = target_is_self(&s->t) ? evict_self(s, error) : evict_remote(s, error);
         if (cached < 0)
             return false;
+        g_debug("eviction round %u: %" G_GINT64_FORMAT " pages still cached, SwapCached %"
+                G_GINT64_FORMAT " (%" G_GINT64_FORMAT " before arming)", round, cached,
+                swapdev_swap_cached_pages(), baseline);
         if (round == 1 && !mapped)
             r->still_cached_first = (uint64_t)cached;
         if (!mapped)
@@ -388,7 +411,7 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
     expect = g_strdup_printf("markers %" G_GINT64_MODIFIER "x", cookie);
     if (!(ok = swapstub_control(s->control, expect, error)) ||
         !daemon_marker_pages(s, &markers_before, error) || !write_markers(s, cookie, error) ||
-        !target_madvise(&s->t, s->addr, s->pages * SS_PAGE, MADV_PAGEOUT, error) ||
+        !pageout_again(s, error) ||
         !wait_markers_written(s, markers_before, error) || !collect_slots(s, error) ||
         !evict(s, cfg->evict_seconds ? cfg->evict_seconds : 30, baseline, false, r, error) ||
         !swapstub_register_mapping(s, r, error))

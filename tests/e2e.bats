@@ -86,6 +86,33 @@ teardown() {
     [ "$check" = "CHECK verified=8192 wrong=0 pages=8192" ]
 }
 
+@test "arming is not held up by pages parked in the LRU batch of another, idle CPU" {
+    # The region's pages are faulted in on CPU 1, which then idles; arming
+    # runs on CPU 0 only. A page the kernel parked in CPU 1's per-CPU LRU
+    # batch cannot be paged out until that batch is drained: without the
+    # drain, arming needed 11 to 78 eviction rounds (or was refused after
+    # 30 s) here; with it, the second round finds nothing cached.
+    [ "$(nproc)" -ge 2 ] || { echo "this test needs two CPUs (nproc says $(nproc))" >&2; return 1; }
+    source_start 32
+    swap_setup
+    coproc HOLD { exec taskset -c 1 "$TESTBIN/hold-region" --mib 32 --sums "$SUMS" --touch-every 1; }
+    hold_pid=$HOLD_PID
+    defer kill_wait "$hold_pid"
+    read -r line <&"${HOLD[0]}"
+    addr=${line#ADDR=}; addr=${addr%% *}; len=${line##*LEN=}
+    run taskset -c 0 "$SWAPCOPY_BUILD/swapstub" arm --pid "$hold_pid" --addr "$addr" --len "$len" \
+        --control "$CONTROL" --device "$DEVICE" --export mem
+    echo "$output"
+    [ "$status" -eq 0 ]
+    rounds=$(sed -n 's/.* rounds=\([0-9]*\) .*/\1/p' <<<"$output")
+    [ "$rounds" -le 3 ]
+    kill -USR1 "$hold_pid"
+    read -r check <&"${HOLD[0]}"
+    echo "$check"
+    wait "$hold_pid"
+    [ "$check" = "CHECK verified=8192 wrong=0 pages=8192" ]
+}
+
 @test "swapstub refuses shared memory, a device that is not swap, and says why" {
     source_start 16
     swap_setup
