@@ -69,6 +69,9 @@ qp_pair_start() {
         "${post[@]}" "$@" || return 1
     # shellcheck disable=SC2034 # used by the tests
     DST_PID=$GUEST_PID DST_LOG=$GUEST_LOG DST_QMP=$GUEST_QMP DST_QEMU_LOG=$GUEST_QEMU_LOG
+    # A failed test shows what both QEMUs and the destination's nbd-pagesrv
+    # said (runs before the teardown above removes the state directory).
+    defer show_logs_if_failed "$SRC_QEMU_LOG" "$DST_QEMU_LOG" "$state/$QP_SWAP_NAME/pagesrv.log"
     # QEMU creates its QMP socket before it binds the -incoming port: a
     # 'migrate' in between is refused. (Connecting to check would start an
     # incoming migration; the kernel's socket table says it without one.)
