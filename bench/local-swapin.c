@@ -18,6 +18,8 @@
 
 #include <glib.h>
 
+#include "swapstub.h"
+
 static double now_us(void)
 {
     struct timespec ts;
@@ -75,6 +77,11 @@ int main(int argc, char **argv)
     }
     int rounds = 0;
     for (; rounds < 200 && resident(mem, pages, vec) > 0; rounds++) {
+        g_autoptr(GError) err = NULL;
+        if (!swapstub_drain_lru_batches(&err)) {
+            fprintf(stderr, "local-swapin: %s\n", err->message);
+            return 1;
+        }
         for (uint64_t i = 0; i < pages; i++)
             if (vec[i] & 1) {
                 madvise(mem + i * 4096, 4096, MADV_POPULATE_READ);

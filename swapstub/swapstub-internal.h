@@ -32,10 +32,6 @@ bool swapstub_register_mapping(SwapStub *s, SwapStubArmReport *r, GError **error
 bool swapstub_verify_slots(SwapStub *s, GError **error);
 void swapstub_disarm(SwapStub *s);
 
-/* lru-drain.c: every CPU's batch of pages not yet on the LRU lists is
- * emptied, so that MADV_PAGEOUT can reach every page of the region. */
-bool swapstub_drain_lru_batches(GError **error);
-
 /* arm-madvise.c. Which method arms s: 1 MADV_SWAPSTUB (*advice set), 0 the
  * stock-kernel recipe, -1 error. SWAPSTUB_ARM_METHOD (auto, stock,
  * madv_swapstub) overrides the choice. */

@@ -68,6 +68,12 @@ int64_t swapstub_pages_on_device(SwapStub *s, GError **error);
 uint64_t swapstub_pages(const SwapStub *s);
 void swapstub_free(SwapStub *s);
 
+/* Empty every CPU's batch of pages not yet (back) on the LRU lists, so
+ * that the next MADV_PAGEOUT can reach every page (lru-drain.c says why
+ * arming needs it). Anything that pages a region out and expects all of it
+ * gone needs the same. */
+bool swapstub_drain_lru_batches(GError **error);
+
 /* True if the running kernel offers MADV_SWAPSTUB (mm-patch-madvise). */
 bool swapstub_kernel_has_madv_swapstub(void);
 
