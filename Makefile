@@ -32,6 +32,9 @@ TEST_PROGS := $(patsubst tests/progs/%.c,$(B)/tests/%,$(wildcard tests/progs/*.c
 BENCH_PROGS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
 PROGRAMS := $(B)/nbd-pagesrv $(B)/pagesrv-ctl $(B)/swapstub
+# Loaded into nbdfuse by scripts/lib/blockdev.sh. Built without sanitizers
+# whatever the configuration: it runs inside a program that has none.
+SWAP_SAFE_PRELOAD := $(B)/swap-safe-preload.so
 
 # The test guest: a 32-bit freestanding multiboot image (guest/README.md).
 # Built without sanitizers whatever the configuration: it runs in a VM.
@@ -44,7 +47,7 @@ GUEST_CFLAGS := -std=c11 -m32 -march=i686 -mgeneral-regs-only -ffreestanding -fn
 .SECONDARY:
 
 .PHONY: all deps check check-sanitizers demo demo-swap bench qemu kernel install clean distclean
-all: $(PROGRAMS) $(LIBSWAPSTUB) $(TEST_PROGS) $(BENCH_PROGS) $(GUEST_ELF)
+all: $(PROGRAMS) $(LIBSWAPSTUB) $(TEST_PROGS) $(BENCH_PROGS) $(GUEST_ELF) $(SWAP_SAFE_PRELOAD)
 
 config.mk: configure scripts/install-deps.sh
 	sh scripts/install-deps.sh
@@ -56,6 +59,10 @@ deps:
 $(B)/obj/%.o: %.c config.mk
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(SWAP_SAFE_PRELOAD): nbd-pagesrv/preload/swap-safe-preload.c config.mk
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g $(WARN) -fPIC -shared -o $@ $<
 
 $(B)/nbd-pagesrv: $(PAGESRV_OBJS)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
@@ -135,10 +142,12 @@ demo-swap: all
 bench: all
 	SWAPCOPY_BUILD=$(abspath $(B)) bench/run-all.sh
 
-install: $(PROGRAMS) $(LIBSWAPSTUB)
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/swapcopy
+install: $(PROGRAMS) $(LIBSWAPSTUB) $(SWAP_SAFE_PRELOAD)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/swapcopy/lib
 	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 755 scripts/*.sh $(DESTDIR)$(PREFIX)/libexec/swapcopy/
+	install -m 644 scripts/lib/*.sh $(DESTDIR)$(PREFIX)/libexec/swapcopy/lib/
+	install -m 755 $(SWAP_SAFE_PRELOAD) $(DESTDIR)$(PREFIX)/libexec/swapcopy/
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
 	install -m 644 $(LIBSWAPSTUB) $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 swapstub/swapstub.h $(DESTDIR)$(PREFIX)/include/

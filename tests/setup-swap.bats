@@ -29,6 +29,20 @@ teardown() {
     [ "$size_kb" -ge $(( 2 * 16 * 1024 )) ]
     # The daemon knows its device (for in-process users such as a patched QEMU).
     [ "$(json_get "$("$PAGESRV_CTL" "$CONTROL" device)" device)" = "$DEVICE" ]
+    # Without the kernel's nbd driver nbdfuse is in the swap path: it runs
+    # with swap-safe-preload.so, its memory locked as touched, like
+    # nbd-pagesrv's. (The OOM shield needs CAP_SYS_RESOURCE, which some
+    # containers withhold: then the preload says so in nbdfuse's log.)
+    if [ -s "$STATE/nbdfuse.pid" ]; then
+        fpid=$(cat "$STATE/nbdfuse.pid")
+        grep -q swap-safe-preload.so "/proc/$fpid/maps"
+        locked_kb=$(awk '/^VmLck:/ {print $2}' "/proc/$fpid/status")
+        echo "nbdfuse VmLck: $locked_kb kB"
+        [ "$locked_kb" -gt 0 ]
+        ! grep -q "swap-safe-preload.*mlockall" "$STATE/nbdfuse.log"
+        [ "$(cat "/proc/$fpid/oom_score_adj")" = -1000 ] ||
+            grep -q "swap-safe-preload.*oom_score_adj" "$STATE/nbdfuse.log"
+    fi
     "$TEARDOWN" --name "$SWAP_NAME" --state-dir "$SWAP_STATE_ROOT"
     [ ! -e "$STATE" ]
     ! kill -0 "$pid" 2>/dev/null

@@ -16,9 +16,12 @@
 #
 # Without the driver: nbdfuse exposes the export as a file and a loop
 # device turns that into a block device. That path has a user-space
-# process (nbdfuse) in the I/O path, which takes no precautions against
-# being swapped out or OOM-killed: a fallback for hosts without the nbd
-# driver.
+# process (nbdfuse) in the I/O path, which takes no precautions of its own
+# against being swapped out or OOM-killed: it runs with
+# swap-safe-preload.so (nbd-pagesrv/preload/), which locks its memory as
+# it is touched, marks it an I/O flusher and shields it from the OOM
+# killer, as nbd-pagesrv does for itself. SWAPCOPY_SWAP_SAFE_PRELOAD names
+# the library; by default the build tree's or the installed one.
 #
 # The loop device must use direct I/O. A buffered loop device keeps what
 # it wrote in the FUSE file's page cache and serves later reads from
@@ -80,10 +83,28 @@ _blockdev_attach_nbd() {
     return 1
 }
 
+_blockdev_lib_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# The swap-safe preload for nbdfuse: named, built, or installed.
+_blockdev_swap_safe_preload() {
+    local f
+    for f in "${SWAPCOPY_SWAP_SAFE_PRELOAD:-}" \
+             "${SWAPCOPY_BUILD:+$SWAPCOPY_BUILD/swap-safe-preload.so}" \
+             "$_blockdev_lib_dir/../../build/swap-safe-preload.so" \
+             "$_blockdev_lib_dir/../swap-safe-preload.so"; do
+        [ -n "$f" ] && [ -f "$f" ] && { echo "$f"; return 0; }
+    done
+    return 1
+}
+
 _blockdev_attach_fuse() {
-    local sock=$1 state=$2 mnt=$2/fuse dev i pid
+    local sock=$1 state=$2 mnt=$2/fuse dev i pid preload
     if ! command -v nbdfuse >/dev/null 2>&1; then
         _blockdev_err "no kernel nbd driver and no nbdfuse: install nbdfuse (Debian: apt-get install libnbd-bin)"
+        return 1
+    fi
+    if ! preload=$(_blockdev_swap_safe_preload); then
+        _blockdev_err "swap-safe-preload.so not found (run make, or set SWAPCOPY_SWAP_SAFE_PRELOAD): without it nbdfuse could be paged out to the device it serves"
         return 1
     fi
     mkdir -p "$mnt" || { _blockdev_err "cannot create the mount directory $mnt"; return 1; }
@@ -95,7 +116,7 @@ _blockdev_attach_fuse() {
     # not wait for nbdfuse. -P writes its pid once the file is ready.
     # setsid -w keeps $! alive exactly as long as nbdfuse, whether or not
     # setsid had to fork.
-    setsid -w nbdfuse -P "$state/nbdfuse.pid" "$mnt" --unix "$sock" \
+    LD_PRELOAD=$preload setsid -w nbdfuse -P "$state/nbdfuse.pid" "$mnt" --unix "$sock" \
         </dev/null >"$state/nbdfuse.log" 2>&1 3>&- &
     pid=$!
     for (( i = 0; i < 100; i++ )); do
