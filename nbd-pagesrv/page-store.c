@@ -275,7 +275,6 @@ static int spill_io(PageStore *ps, bool write, void *buf, size_t len, uint64_t o
     return 0;
 }
 
-/* Frees whatever slot `s` holds and leaves it EMPTY. Caller holds its lock. */
 /* Give the spill file's space for slots [first, first+n) back; failure
  * only costs disk space. */
 static void punch_spill(PageStore *ps, uint64_t first, uint64_t n)
@@ -312,6 +311,7 @@ static void slot_forget(PageStore *ps, uint64_t s)
     ps->slot[s] = 0;
 }
 
+/* Frees whatever slot `s` holds and leaves it EMPTY. Caller holds its lock. */
 static void slot_clear(PageStore *ps, uint64_t s)
 {
     if (kind_of(ps->slot[s]) == SLOT_FILE)
