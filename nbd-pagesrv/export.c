@@ -57,3 +57,12 @@ uint16_t export_transmission_flags(const Export *e)
         f |= NBD_FLAG_CAN_MULTI_CONN;
     return f;
 }
+
+void extent_append(GArray *extents, uint32_t len, uint32_t flags)
+{
+    Extent *last = extents->len ? &g_array_index(extents, Extent, extents->len - 1) : NULL;
+    if (last && last->flags == flags && last->length <= UINT32_MAX - len)
+        last->length += len;
+    else
+        g_array_append_val(extents, ((Extent){ len, flags }));
+}

@@ -20,6 +20,10 @@ typedef struct {
     uint32_t flags;            /* NBD_STATE_HOLE | NBD_STATE_ZERO */
 } Extent;
 
+/* Append [len bytes, flags] to a block-status answer, merged into the last
+ * extent when the flags match (and the length still fits). */
+void extent_append(GArray *extents, uint32_t len, uint32_t flags);
+
 typedef struct {
     int (*pread)(Export *e, void *buf, uint32_t len, uint64_t off);
     int (*pwrite)(Export *e, const void *buf, uint32_t len, uint64_t off);

@@ -59,11 +59,6 @@ static int fe_flush(Export *e)
     return 0;
 }
 
-static void add_extent(GArray *ext, uint64_t len, uint32_t flags)
-{
-    g_array_append_val(ext, ((Extent){ (uint32_t)len, flags }));
-}
-
 /* Data and holes from SEEK_DATA/SEEK_HOLE; a file system that cannot tell
  * reports everything as data, which is always correct. */
 static int fe_block_status(Export *e, uint32_t len, uint64_t off, GArray *ext)
@@ -74,7 +69,7 @@ static int fe_block_status(Export *e, uint32_t len, uint64_t off, GArray *ext)
     if (fx(e)->base) {
         /* A window lseek cannot describe, and not one of a process's
          * memory we can: all data. */
-        add_extent(ext, len, 0);
+        extent_append(ext, len, 0);
         return 0;
     }
     uint64_t end = off + len;
@@ -83,12 +78,12 @@ static int fe_block_status(Export *e, uint32_t len, uint64_t off, GArray *ext)
         if (data < 0 && errno == ENXIO)
             data = (off_t)end;           /* only a hole from here on */
         else if (data < 0) {
-            add_extent(ext, end - off, 0);
+            extent_append(ext, (uint32_t)(end - off), 0);
             return 0;
         }
         if ((uint64_t)data > off) {
             uint64_t hole_end = MIN((uint64_t)data, end);
-            add_extent(ext, hole_end - off, NBD_STATE_HOLE | NBD_STATE_ZERO);
+            extent_append(ext, (uint32_t)(hole_end - off), NBD_STATE_HOLE | NBD_STATE_ZERO);
             off = hole_end;
             continue;
         }
@@ -96,7 +91,7 @@ static int fe_block_status(Export *e, uint32_t len, uint64_t off, GArray *ext)
         uint64_t data_end = hole < 0 ? end : MIN((uint64_t)hole, end);
         if (data_end <= off)
             data_end = end;
-        add_extent(ext, data_end - off, 0);
+        extent_append(ext, (uint32_t)(data_end - off), 0);
         off = data_end;
     }
     return 0;

@@ -549,11 +549,7 @@ void page_store_extents(PageStore *ps, uint32_t len, uint64_t off, GArray *exten
         uint64_t next = MIN(end, (s + 1) << PAGE_SHIFT_BITS);
         uint32_t flags = __atomic_load_n(&ps->slot[s], __ATOMIC_RELAXED) == 0
                              ? (NBD_STATE_HOLE | NBD_STATE_ZERO) : 0;
-        Extent *last = extents->len ? &g_array_index(extents, Extent, extents->len - 1) : NULL;
-        if (last && last->flags == flags && last->length <= UINT32_MAX - (next - off))
-            last->length += (uint32_t)(next - off);
-        else
-            g_array_append_val(extents, ((Extent){ (uint32_t)(next - off), flags }));
+        extent_append(extents, (uint32_t)(next - off), flags);
         off = next;
     }
 }

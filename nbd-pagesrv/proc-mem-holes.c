@@ -90,21 +90,12 @@ static bool private_anonymous(ProcMemHoles *h, uint64_t start, uint64_t end)
     return covered >= end;
 }
 
-static void add_extent(GArray *ext, uint64_t len, uint32_t flags)
-{
-    Extent *last = ext->len ? &g_array_index(ext, Extent, ext->len - 1) : NULL;
-    if (last && last->flags == flags)
-        last->length += (uint32_t)len;
-    else
-        g_array_append_val(ext, ((Extent){ (uint32_t)len, flags }));
-}
-
 int proc_mem_holes_extents(ProcMemHoles *h, uint32_t len, uint64_t off, GArray *ext)
 {
     uint64_t addr = h->base + off, end = addr + len;
     uint64_t first = addr / PAGE, last = (end + PAGE - 1) / PAGE;
     if (!private_anonymous(h, first * PAGE, last * PAGE)) {
-        add_extent(ext, len, 0);
+        extent_append(ext, len, 0);
         return 0;
     }
     g_autofree uint64_t *pm = g_new(uint64_t, last - first);
@@ -116,7 +107,7 @@ int proc_mem_holes_extents(ProcMemHoles *h, uint32_t len, uint64_t off, GArray *
             continue;
         if (n <= 0) {
             /* The process is gone, or will not tell: data is always right. */
-            add_extent(ext, len, 0);
+            extent_append(ext, len, 0);
             return 0;
         }
         got += (size_t)n;
@@ -124,7 +115,7 @@ int proc_mem_holes_extents(ProcMemHoles *h, uint32_t len, uint64_t off, GArray *
     for (uint64_t p = first, at = addr; p < last; p++) {
         uint64_t page_end = MIN((p + 1) * PAGE, end);
         bool hole = !(pm[p - first] & (PM_PRESENT | PM_SWAPPED));
-        add_extent(ext, page_end - at, hole ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0);
+        extent_append(ext, (uint32_t)(page_end - at), hole ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0);
         at = page_end;
     }
     return 0;
