@@ -197,11 +197,11 @@ int main(int argc, char **argv)
                            .control = control, .device = device, .export_name = export_name };
     SwapStubArmReport r;
     SwapStub *s = NULL;
-    /* A refused arm leaves the region zeroed and can be tried again; on
-     * these hosts a DAMON page-out scheme sometimes keeps a few marker
-     * pages in the swap cache past the budget (three refusals in a row
-     * were seen once under check-sanitizers). As many tries as
-     * swapcopy-migrate's default --arm-attempts. */
+    /* A refused arm leaves the region zeroed and can be tried again, as
+     * swapcopy-migrate does (its default --arm-attempts). Refusals here
+     * were pages parked in an idle CPU's LRU batch until swapstub learnt
+     * to drain them (tests/e2e.bats has its own test for that); one 4 GiB
+     * arm was still refused since, cause unknown. */
     for (int attempt = 1; !s && attempt <= 5; attempt++) {
         g_clear_error(&error);
         s = swapstub_arm(&cfg, &r, &error);
