@@ -533,10 +533,15 @@ PY
 
 @test "pull: trimming spilled slots reads zeros, gives the spill file's space back, and spares the neighbours" {
     mk_src 16 --all-random
+    # One run in slot order, not a shuffled plan: a plan's gaps can leave
+    # the trimmed range nearly empty (seed 3245 mapped only 163 of its
+    # 600 slots), and this test is about what a trim of spilled slots
+    # does, not about the map.
     SLOTS=5000 MAP=$T/map
-    "$TESTBIN/pull-plan" --seed "$SEED" "$PAGES" "$SLOTS" >"$MAP"
+    echo "0 0 $PAGES" >"$MAP"
     src_start
-    # 1 MiB of RAM: all but 256 of the 4096 pages go to the spill file.
+    # 1 MiB of RAM: all but 256 of the 4096 pages go to the spill file,
+    # so at least 600 - 256 of the 600 trimmed slots are spilled.
     dst_start "$SLOTS" --mem-limit 1M --store "$T/spill"
     map_file "$MAP"
     wait_local 60
@@ -550,7 +555,7 @@ PY
     file_after=$(stat_field store.file_pages)
     freed=$(( file_before - file_after ))
     echo "spilled slots trimmed: $freed; spill file blocks $blocks_before -> $(stat -c %b "$T/spill")"
-    [ "$freed" -gt 300 ]
+    [ "$freed" -ge $(( 600 - 256 )) ]
     # Every trimmed spilled page gave its 4 KiB (8 blocks of 512) back.
     [ $(( blocks_before - $(stat -c %b "$T/spill") )) -eq $(( freed * 8 )) ]
     for s in 1000 1001 1255 1256 1599; do rw check "$s" zero; done
