@@ -209,8 +209,8 @@ bool swapstub_arm_madvise(SwapStub *s, int advice, SwapStubArmReport *r, GError 
     r->method = "madv_swapstub";
     if (!check_untouched(s, pm, error))
         return false;
-    if (target_is_self(&s->t))
-        madvise((void *)(uintptr_t)s->addr, s->pages * SS_PAGE, MADV_NOHUGEPAGE);
+    /* No MADV_NOHUGEPAGE: the region is untouched, so it has no huge page
+     * to split, and its THP setting stays the caller's. */
     if (!madvise_region(s, advice, error))
         goto undo;
     if (!target_pagemap(&s->t, s->addr, s->pages, pm, error))

@@ -36,6 +36,26 @@ teardown() {
     [[ "$output" == *"pages_on_device_after_finish=0"* ]]
 }
 
+@test "a region on transparent huge pages (as QEMU's RAM) arms, migrates byte for byte, and keeps its THP setting" {
+    [ "$(cat /sys/kernel/mm/transparent_hugepage/enabled)" != "always madvise [never]" ] || {
+        echo "transparent huge pages are disabled on this host: the test needs them" >&2; false; }
+    source_start 64
+    swap_setup
+    run "$TESTBIN/e2e-workload" --control "$CONTROL" --device "$DEVICE" --export mem --mib 64 --sums "$SUMS" --thp
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"RESULT: PASS"* ]]
+    [[ "$output" == *"wrong=0"* ]]
+    [[ "$output" == *"pages_on_device_after_finish=0"* ]]
+    # Huge pages were there to arm...
+    huge_kb=$(sed -n 's/^anon_huge_before_arm=\([0-9]*\) kB$/\1/p' <<<"$output")
+    [ "${huge_kb:-0}" -gt 0 ]
+    # ...and the region is still MADV_HUGEPAGE afterwards (swapstub used to
+    # set MADV_NOHUGEPAGE on it for good).
+    [[ "$output" == *"thp_setting_kept=yes"* ]]
+    [[ "$(grep '^vm_flags_after_finish=' <<<"$output")" == *" hg"* ]]
+}
+
 @test "pages swapped out again while postcopy runs come back intact" {
     source_start 64
     swap_setup

@@ -154,11 +154,43 @@ static void progress(void *opaque, uint64_t done, uint64_t total, double mib_s, 
                 "ETA %.1f s\n", done, total, mib_s, eta);
 }
 
+/* One field of the mapping that holds addr, from /proc/self/smaps, e.g.
+ * "VmFlags:" ("hg" is MADV_HUGEPAGE, "nh" MADV_NOHUGEPAGE) or
+ * "AnonHugePages:". */
+static char *smaps_field(const void *addr, const char *field)
+{
+    g_autofree char *smaps = NULL;
+    g_autoptr(GError) error = NULL;
+    if (!g_file_get_contents("/proc/self/smaps", &smaps, NULL, &error)) {
+        fprintf(stderr, "e2e-workload: %s\n", error->message);
+        return NULL;
+    }
+    bool inside = false;
+    g_auto(GStrv) lines = g_strsplit(smaps, "\n", -1);
+    for (char **line = lines; *line; line++) {
+        unsigned long lo, hi;
+        char dash;
+        /* A mapping's header line starts "LO-HI "; its fields follow it. */
+        if (sscanf(*line, "%lx%c%lx ", &lo, &dash, &hi) == 3 && dash == '-')
+            inside = (uintptr_t)addr >= lo && (uintptr_t)addr < hi;
+        else if (inside && g_str_has_prefix(*line, field))
+            return g_strstrip(g_strdup(*line + strlen(field)));
+    }
+    fprintf(stderr, "e2e-workload: no %s for a mapping at %p in /proc/self/smaps\n", field, addr);
+    return NULL;
+}
+
+static bool has_flag(const char *flags, const char *flag)
+{
+    g_auto(GStrv) v = g_strsplit(flags, " ", -1);
+    return g_strv_contains((const char *const *)v, flag);
+}
+
 int main(int argc, char **argv)
 {
     char *control = NULL, *device = NULL, *export_name = NULL, *sums = NULL;
     gint mib = 64, seed = 1;
-    gboolean pressure = FALSE, no_convert = FALSE;
+    gboolean pressure = FALSE, no_convert = FALSE, thp = FALSE;
     GOptionEntry entries[] = {
         { "control", 0, 0, G_OPTION_ARG_FILENAME, &control, "nbd-pagesrv control socket", "P" },
         { "device", 0, 0, G_OPTION_ARG_FILENAME, &device, "swap device", "DEV" },
@@ -168,6 +200,8 @@ int main(int argc, char **argv)
         { "seed", 0, 0, G_OPTION_ARG_INT, &seed, "access pattern seed", "N" },
         { "pressure", 0, 0, G_OPTION_ARG_NONE, &pressure, "swap touched pages out again", NULL },
         { "no-convert", 0, 0, G_OPTION_ARG_NONE, &no_convert, "no background conversion", NULL },
+        { "thp", 0, 0, G_OPTION_ARG_NONE, &thp,
+          "MADV_HUGEPAGE on the region, as QEMU does for guest RAM", NULL },
         { NULL, 0, 0, 0, NULL, NULL, NULL },
     };
     g_autoptr(GError) error = NULL;
@@ -190,6 +224,19 @@ int main(int argc, char **argv)
     if (w.mem == MAP_FAILED) {
         fprintf(stderr, "e2e-workload: mmap of %d MiB failed: %s\n", mib, strerror(errno));
         return 2;
+    }
+    if (thp && madvise(w.mem, w.pages * PAGE, MADV_HUGEPAGE) < 0) {
+        fprintf(stderr, "e2e-workload: MADV_HUGEPAGE on %d MiB failed: %s (a kernel without "
+                "CONFIG_TRANSPARENT_HUGEPAGE cannot run --thp)\n", mib, strerror(errno));
+        return 2;
+    }
+    if (thp) {
+        /* Populated first, as huge pages where the kernel can: arming
+         * must page them out and map every 4 KiB page of them. */
+        for (uint64_t i = 0; i < w.pages; i++)
+            w.mem[i * PAGE] = 1;
+        g_autofree char *huge = smaps_field(w.mem, "AnonHugePages:");
+        printf("anon_huge_before_arm=%s\n", huge ? huge : "?");
     }
 
     uint64_t t_start = now_us();
@@ -288,10 +335,15 @@ int main(int argc, char **argv)
     printf("first_touch_us p50=%" G_GUINT64_FORMAT " p99=%" G_GUINT64_FORMAT " max=%" G_GUINT64_FORMAT
            " bytes_fetched=%" G_GUINT64_FORMAT "\n", p50, p99, max, bytes);
     printf("pages_on_device_after_finish=%" G_GINT64_FORMAT "\n", on_device);
+    /* Arming and finishing leave the region's THP setting as it was. */
+    g_autofree char *flags = smaps_field(w.mem, "VmFlags:");
+    bool thp_kept = flags && !has_flag(flags, "nh") && has_flag(flags, "hg") == (bool)thp;
+    printf("vm_flags_after_finish=%s thp_setting_kept=%s\n", flags ? flags : "?",
+           thp_kept ? "yes" : "no");
     bool all_touched = true;
     for (uint64_t i = 0; i < w.pages; i++)
         all_touched &= w.touched[i];
-    bool pass = !w.wrong && all_touched && on_device == 0;
+    bool pass = !w.wrong && all_touched && on_device == 0 && thp_kept;
     if (pass)
         printf("RESULT: PASS every page verified\n");
     else
