@@ -77,6 +77,16 @@ teardown() {
     # and QEMU tore the swap device down once every page was local.
     run ! pgrep -f "nbd-pagesrv --export pc.ram=/proc/$SRC_PID/mem"
     [ ! -e "$BATS_TEST_TMPDIR/run/$QP_SWAP_NAME" ]
+    # Guest RAM (the 128 MiB rw-p anonymous mapping; the larger rwxp one
+    # is TCG's code buffer) is still MADV_HUGEPAGE, as in a QEMU that was
+    # never migrated: arming left QEMU's THP setting alone.
+    ram=$(awk '/^[0-9a-f]+-[0-9a-f]+ / { size = 0; rw = ($2 == "rw-p") }
+               /^Size:/ { size = $2 }
+               /^VmFlags:/ && rw && size == 128 * 1024 { print }' "/proc/$DST_PID/smaps")
+    echo "destination's guest RAM mapping: $ram"
+    [ "$(wc -l <<<"$ram")" -eq 1 ]
+    [[ "$ram " == *" hg "* ]]
+    [[ "$ram " != *" nh "* ]]
 }
 
 @test "patched QEMU, control= mode: the swap device is set up before migrate, and the guest keeps passing" {
