@@ -166,6 +166,7 @@ teardown() {
         [ "$(grep -c ' LPASS ' "$DST_LOG" || true)" -ge $(( n + 2 )) ] && break
         sleep 0.1
     done
-    ! grep ' LERROR' "$SRC_LOG" "$DST_LOG"
+    run grep ' LERROR' "$SRC_LOG" "$DST_LOG"
+    [ "$status" -eq 1 ]                # no LERROR line anywhere
     [ "$(grep -c ' LPASS ' "$DST_LOG" || true)" -ge $(( n + 2 )) ]
 }

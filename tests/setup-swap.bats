@@ -33,19 +33,22 @@ teardown() {
     # with swap-safe-preload.so, its memory locked as touched, like
     # nbd-pagesrv's. (The OOM shield needs CAP_SYS_RESOURCE, which some
     # containers withhold: then the preload says so in nbdfuse's log.)
-    if [ -s "$STATE/nbdfuse.pid" ]; then
+    if [[ $DEVICE == /dev/loop* ]]; then
+        [ -s "$STATE/nbdfuse.pid" ]
         fpid=$(cat "$STATE/nbdfuse.pid")
         grep -q swap-safe-preload.so "/proc/$fpid/maps"
         locked_kb=$(awk '/^VmLck:/ {print $2}' "/proc/$fpid/status")
         echo "nbdfuse VmLck: $locked_kb kB"
         [ "$locked_kb" -gt 0 ]
-        ! grep -q "swap-safe-preload.*mlockall" "$STATE/nbdfuse.log"
+        run grep "swap-safe-preload.*mlockall" "$STATE/nbdfuse.log"
+        [ "$status" -eq 1 ]
         [ "$(cat "/proc/$fpid/oom_score_adj")" = -1000 ] ||
             grep -q "swap-safe-preload.*oom_score_adj" "$STATE/nbdfuse.log"
     fi
     "$TEARDOWN" --name "$SWAP_NAME" --state-dir "$SWAP_STATE_ROOT"
     [ ! -e "$STATE" ]
-    ! kill -0 "$pid" 2>/dev/null
+    run kill -0 "$pid"
+    [ "$status" -ne 0 ]
     [ "$(machine_state)" = "$BEFORE" ]
 }
 
