@@ -26,6 +26,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "swapstub.h"
+
 #ifndef MADV_PAGEOUT
 #define MADV_PAGEOUT 21
 #endif
@@ -243,6 +245,18 @@ static bool madvise_or_say(void *addr, size_t len, int advice, const char *name)
     return false;
 }
 
+/* MADV_PAGEOUT cannot take pages parked in another CPU's LRU batch: empty
+ * every CPU's first, as swapstub does before each page-out pass
+ * (swapstub/lru-drain.c). */
+static bool drain_or_say(void)
+{
+    g_autoptr(GError) err = NULL;
+    if (swapstub_drain_lru_batches(&err))
+        return true;
+    fprintf(stderr, "%s: %s\n", prog, err->message);
+    return false;
+}
+
 /* Progress on stderr: one rewritten line on a terminal, a few lines
  * otherwise. */
 static void progress(bool on, const char *what, uint64_t done, uint64_t total, double t0)
@@ -315,6 +329,8 @@ static bool evict(unsigned char *mem, uint64_t pages, unsigned max_rounds, Repor
         }
         if (round > 0)
             g_usleep(MIN(10000u << MIN(round, 5u), 200000u));
+        if (!drain_or_say())
+            return false;
         for (uint64_t i = 0; i < pages;) {
             if (!(vec[i] & 1)) {
                 i++;
@@ -465,6 +481,8 @@ int main(int argc, char **argv)
     Report r = { .pages = pages };
     r.used_before_kib = dev.used_kib;
     t0 = now_s();
+    if (!drain_or_say())
+        return 1;
     for (uint64_t i = 0; i < pages; i += CHUNK_PAGES) {
         uint64_t n = MIN((uint64_t)CHUNK_PAGES, pages - i);
         if (!madvise_or_say(mem + i * PAGE, n * PAGE, MADV_PAGEOUT, "MADV_PAGEOUT"))
