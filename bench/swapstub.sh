@@ -57,12 +57,17 @@ for mib in "${sizes[@]}"; do
     img=/dev/shm/swapstub-bench-$$-$mib.img
     "$build/tests/mkimage" --all-random "$img" "$mib" "$work/crc" >/dev/null
     cleanup_cmds+=("rm -f $img")
-    port=$(( 20000 + RANDOM % 20000 ))
+    port=$(( 10000 + RANDOM % 20000 ))   # below the ephemeral range: no outgoing connection holds it
     "$build/nbd-pagesrv" --export "mem=$img" --listen "127.0.0.1:$port" --no-mlock \
         >"$work/source.log" 2>&1 &
     spid=$!
     cleanup_cmds+=("kill $spid; wait $spid 2>/dev/null")
-    for _ in $(seq 100); do nbdinfo --size "nbd://127.0.0.1:$port/mem" >/dev/null 2>&1 && break; sleep 0.1; done
+    up=0
+    for _ in $(seq 100); do
+        nbdinfo --size "nbd://127.0.0.1:$port/mem" >/dev/null 2>&1 && { up=1; break; }
+        sleep 0.1
+    done
+    [ "$up" = 1 ] || die "the source exporter on 127.0.0.1:$port did not start: $(tail -n 3 "$work/source.log")"
     name=bench$$-$mib
     cleanup_cmds+=("$src/scripts/teardown-swap.sh --name $name --state-dir $work/run >/dev/null")
     out=$(SWAPCOPY_BUILD=$build "$src/scripts/setup-swap.sh" --src "127.0.0.1:$port" --name "$name" \

@@ -77,7 +77,7 @@ src_start() {
     local fixed='' try i port log
     if [ "${1:-}" = --port ]; then fixed=$2; shift 2; fi
     for (( try=0; try<20; try++ )); do
-        port=${fixed:-$(( 20000 + RANDOM % 20000 ))}
+        port=${fixed:-$(free_port)}
         log=$T/src.$port.$try.log
         "$PAGESRV" --export "mem=$IMG" --listen "127.0.0.1:$port" "$@" >"$log" 2>&1 &
         SRC_PID=$!
@@ -570,7 +570,7 @@ PY
 @test "pull: a destination whose source is unreachable exits non-zero naming the address" {
     # A port nothing listens on.
     for (( i=0; i<20; i++ )); do
-        port=$(( 20000 + RANDOM % 20000 ))
+        port=$(free_port)
         nbdinfo --size "nbd://127.0.0.1:$port" >/dev/null 2>&1 || break
     done
     run timeout 30 "$PAGESRV" --size 4M --socket "$T/d.sock" --control "$T/c.sock" \
@@ -592,7 +592,7 @@ PY
     "$TESTBIN/pull-plan" --seed "$SEED" "$PAGES" "$SLOTS" >"$MAP"
     # A port nothing listens on yet.
     for (( i=0; i<20; i++ )); do
-        port=$(( 20000 + RANDOM % 20000 ))
+        port=$(free_port)
         nbdinfo --size "nbd://127.0.0.1:$port" >/dev/null 2>&1 || break
     done
     SRC_PORT=$port
@@ -687,7 +687,7 @@ print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))'
     mkdir "$T/kit"
     ln "$IMG" "$T/kit/mem"
     for (( try=0; try<20; try++ )); do
-        SRC_PORT=$(( 20000 + RANDOM % 20000 ))
+        SRC_PORT=$(free_port)
         nbdkit -f --exit-with-parent -i 127.0.0.1 -p "$SRC_PORT" -r file dir="$T/kit" \
             >"$T/nbdkit.$try.log" 2>&1 &
         kit=$!

@@ -61,6 +61,24 @@ teardown() {
     [ "$(qmp "$SRC_QMP" query-status | json_get "$(cat)" status)" = running ]
 }
 
+@test "stock QEMU: an exporter port already taken fails at once, saying why, and the source keeps running" {
+    qemu_pair_start 128
+    busy=$(free_port)
+    python3 -c "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', $busy)); s.listen(); time.sleep(600)" &
+    holder=$!
+    defer kill_wait "$holder"
+    wait_for awk -v hex="$(printf ':%04X' "$busy")" \
+        'FNR > 1 && substr($2, length($2) - 4) == hex { f = 1 } END { exit !f }' /proc/net/tcp
+    run swapcopy_migrate --source-listen "127.0.0.1:$busy"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"source exporter on 127.0.0.1:$busy did not start"* ]]
+    [[ "$output" == *"is the port already in use?"* ]]
+    [ "$(qmp "$SRC_QMP" query-status | json_get "$(cat)" status)" = running ]
+    # It stopped before setting anything up: no swap device, loop or FUSE mount.
+    [ "$(machine_state)" = "$BEFORE" ]
+}
+
 @test "stock QEMU: the memwalk guest, migrated mid-run, goes on passing and never finds a wrong page" {
     qemu_pair_start 128 -kernel "$SWAPCOPY_BUILD/guest/memwalk.elf"
     wait_for_pass "$SRC_SERIAL" 2 60

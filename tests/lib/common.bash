@@ -82,3 +82,32 @@ v=json.load(sys.stdin)
 for k in sys.argv[1].split("."): v=v[k]
 print(v)' "$2"
 }
+
+# free_port: print a loopback TCP port no socket uses. It is picked below
+# the kernel's ephemeral range (ip_local_port_range), so an outgoing
+# connection made later by another process cannot take it before the test
+# listens on it; /proc/net/tcp{,6} rule out ports already bound.
+free_port() {
+    local low p i
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+    (( low > 11000 )) || { echo "free_port: ephemeral range starts at $low, leaving no room below it" >&2; return 1; }
+    for (( i=0; i<100; i++ )); do
+        p=$(( 10000 + RANDOM % (low - 10000) ))
+        if ! awk -v hex="$(printf ':%04X' "$p")" \
+                'FNR > 1 && substr($2, length($2) - 4) == hex { found = 1 } END { exit !found }' \
+                /proc/net/tcp /proc/net/tcp6; then
+            echo "$p"
+            return 0
+        fi
+    done
+    echo "free_port: no unused loopback port found in 100 tries" >&2
+    return 1
+}
+
+# free_port_pair VAR1 VAR2: two different free ports, into VAR1 and VAR2.
+free_port_pair() {
+    local -n _fp1=$1 _fp2=$2
+    _fp1=$(free_port) || return 1
+    _fp2=$_fp1
+    while [ "$_fp2" = "$_fp1" ]; do _fp2=$(free_port) || return 1; done
+}

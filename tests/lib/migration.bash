@@ -10,7 +10,7 @@ source_start() {
     SUMS=$BATS_TEST_TMPDIR/src.crc
     "$TESTBIN/mkimage" "$IMG" "$mib" "$SUMS" >/dev/null
     for i in 1 2 3 4 5; do
-        SRC_PORT=$(( 20000 + RANDOM % 20000 ))
+        SRC_PORT=$(free_port)
         "$PAGESRV" --export "mem=$IMG" --listen "127.0.0.1:$SRC_PORT" --no-mlock \
             >"$BATS_TEST_TMPDIR/source.log" 2>&1 &
         SRC_PID=$!

@@ -28,23 +28,9 @@ qp_binary() {
     [ -x "$QP_QEMU" ] || { echo "qemu-patches/build.sh printed '$QP_QEMU', not a binary" >&2; return 1; }
 }
 
-_qp_free_port() {
-    local p
-    for _ in $(seq 50); do
-        p=$(( 20000 + RANDOM % 30000 ))
-        # Nothing listening there (bash's /dev/tcp connect fails).
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-    done
-    echo "no free loopback port found" >&2
-    return 1
-}
-
 qp_pair_start() {
     local mib=$1 sport mport; shift
-    sport=$(_qp_free_port) && mport=$(_qp_free_port) || return 1
+    free_port_pair sport mport || return 1
     QP_URI=tcp:127.0.0.1:$mport
     QP_SWAP_NAME=qp$$-$BATS_TEST_NUMBER
     local state=$BATS_TEST_TMPDIR/run

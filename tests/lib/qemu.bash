@@ -61,10 +61,12 @@ PY
 
 # swapcopy_migrate ARGS...: scripts/swapcopy-migrate between the pair.
 swapcopy_migrate() {
+    local sport mport
+    free_port_pair sport mport || return 1
     "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --src-qmp "$SRC_QMP" --dst-qmp "$DST_QMP" \
         --name "t$$-$BATS_TEST_NUMBER" --state-dir "$BATS_TEST_TMPDIR/run" \
-        --source-listen "127.0.0.1:$(( 20000 + RANDOM % 20000 ))" \
-        --migrate-uri "tcp:127.0.0.1:$(( 40000 + RANDOM % 20000 ))" \
+        --source-listen "127.0.0.1:$sport" \
+        --migrate-uri "tcp:127.0.0.1:$mport" \
         --json "$BATS_TEST_TMPDIR/summary.json" "$@"
 }
 
