@@ -64,14 +64,16 @@ teardown() {
 @test "stock QEMU: an exporter port already taken fails at once, saying why, and the source keeps running" {
     qemu_pair_start 128
     busy=$(free_port)
-    python3 -c "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', $busy)); s.listen(); time.sleep(600)" &
+    python3 -c "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', $busy)); s.listen(); time.sleep(600)" 3>&- &
     holder=$!
     defer kill_wait "$holder"
-    wait_for awk -v hex="$(printf ':%04X' "$busy")" \
-        'FNR > 1 && substr($2, length($2) - 4) == hex { f = 1 } END { exit !f }' /proc/net/tcp
+    wait_for port_bound "$busy"
+    start=$SECONDS
     run swapcopy_migrate --source-listen "127.0.0.1:$busy"
     echo "$output"
     [ "$status" -ne 0 ]
+    # It did not wait on the port's holder, which accepts and never answers.
+    [ $(( SECONDS - start )) -lt 30 ]
     [[ "$output" == *"source exporter on 127.0.0.1:$busy did not start"* ]]
     [[ "$output" == *"is the port already in use?"* ]]
     [ "$(qmp "$SRC_QMP" query-status | json_get "$(cat)" status)" = running ]

@@ -83,6 +83,13 @@ for k in sys.argv[1].split("."): v=v[k]
 print(v)' "$2"
 }
 
+# port_bound PORT: true if a TCP socket of this host is bound to PORT.
+port_bound() {
+    awk -v hex="$(printf ':%04X' "$1")" \
+        'FNR > 1 && substr($2, length($2) - 4) == hex { found = 1 } END { exit !found }' \
+        /proc/net/tcp /proc/net/tcp6
+}
+
 # free_port: print a loopback TCP port no socket uses. It is picked below
 # the kernel's ephemeral range (ip_local_port_range), so an outgoing
 # connection made later by another process cannot take it before the test
@@ -93,9 +100,7 @@ free_port() {
     (( low > 11000 )) || { echo "free_port: ephemeral range starts at $low, leaving no room below it" >&2; return 1; }
     for (( i=0; i<100; i++ )); do
         p=$(( 10000 + RANDOM % (low - 10000) ))
-        if ! awk -v hex="$(printf ':%04X' "$p")" \
-                'FNR > 1 && substr($2, length($2) - 4) == hex { found = 1 } END { exit !found }' \
-                /proc/net/tcp /proc/net/tcp6; then
+        if ! port_bound "$p"; then
             echo "$p"
             return 0
         fi
