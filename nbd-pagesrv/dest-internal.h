@@ -101,6 +101,15 @@ void puller_wake_stream(Puller *p);
 unsigned puller_stream_connected(Puller *p);
 void puller_free(Puller *p);
 
+/* How long an NBD handshake with the source may take: as long as a fault
+ * may wait for it (a source that does not answer in that time is of no use
+ * to a waiting fault either), or a minute when faults wait for ever. */
+static inline int dest_handshake_timeout_ms(Dest *d)
+{
+    int64_t us = __atomic_load_n(&d->fault_timeout_us, __ATOMIC_RELAXED);
+    return us > 0 ? (int)MIN(us / 1000, G_MAXINT) : 60000;
+}
+
 static inline uint64_t demand_key(unsigned id, uint64_t page)
 {
     return (uint64_t)id << 48 | page;

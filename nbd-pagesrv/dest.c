@@ -89,7 +89,7 @@ static void dest_prefetch(void *opaque, unsigned export_id, uint64_t page)
 
 static bool list_source_exports(Dest *d, GError **error)
 {
-    if (!(d->source_sizes = source_list_exports(d->host, d->port, error)))
+    if (!(d->source_sizes = source_list_exports(d->host, d->port, dest_handshake_timeout_ms(d), error)))
         return false;
     GHashTableIter it;
     gpointer k, v;

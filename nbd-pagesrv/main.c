@@ -234,7 +234,8 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
         { "src-later", 0, 0, G_OPTION_ARG_NONE, &app->src_later,
           "With --src: the source may start later; list its exports at the first map", NULL },
         { "fault-timeout", 0, 0, G_OPTION_ARG_DOUBLE, &app->fault_timeout_s,
-          "Seconds a read waits for a missing page before EIO (default: 60)", "SECS" },
+          "Seconds a read waits for a missing page before EIO, and an NBD handshake with "
+          "the source may take (default: 60)", "SECS" },
         { "exit-when-idle", 0, 0, G_OPTION_ARG_NONE, &app->exit_when_idle,
           "Exit once clients have read and all gone (a source whose destination is done)", NULL },
         { "control", 0, 0, G_OPTION_ARG_FILENAME, &app->control_path,

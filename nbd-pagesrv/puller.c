@@ -53,7 +53,8 @@ static struct nbd_handle *connect_retry(Puller *p, const char *role, bool *conne
     bool first = true;
     while (!stopping(p)) {
         g_autoptr(GError) err = NULL;
-        struct nbd_handle *h = source_connect(d->host, d->port, p->name, &err);
+        struct nbd_handle *h = source_connect(d->host, d->port, p->name,
+                                                  dest_handshake_timeout_ms(d), &err);
         if (h) {
             if (!first)
                 g_message("%s connection for export '%s' re-established", role, p->name);

@@ -25,24 +25,94 @@ bool source_split_address(const char *hostport, char **host, char **port, GError
     return true;
 }
 
+/* libnbd's synchronous calls wait for as long as the peer keeps the
+ * connection open, so a process that accepts and never speaks NBD would
+ * hang start-up, or a puller thread for good (and with it shutdown).
+ * Handshakes run on the asynchronous API against a deadline instead. */
+typedef bool (*HandshakeDone)(struct nbd_handle *h, void *arg);
+
+static bool handshake_wait(struct nbd_handle *h, HandshakeDone done, void *arg, gint64 deadline,
+                           int timeout_ms, GError **error)
+{
+    for (;;) {
+        if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h)) {
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                        "the connection closed during the NBD handshake: %s",
+                        nbd_get_error() ? nbd_get_error() : "no reason given");
+            return false;
+        }
+        if (done(h, arg))
+            return true;
+        gint64 left = deadline - g_get_monotonic_time();
+        if (left <= 0) {
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                        "it accepted the connection but did not complete the NBD handshake "
+                        "within %.1f s (is that port an NBD server's, and is it alive?)",
+                        timeout_ms / 1000.0);
+            return false;
+        }
+        if (nbd_poll(h, (int)MIN(left / 1000 + 1, 1000)) < 0) {
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s", nbd_get_error());
+            return false;
+        }
+    }
+}
+
+static bool is_ready(struct nbd_handle *h, void *arg)
+{
+    (void)arg;
+    return nbd_aio_is_ready(h) > 0;
+}
+
+static bool is_negotiating(struct nbd_handle *h, void *arg)
+{
+    (void)arg;
+    return nbd_aio_is_negotiating(h) > 0;
+}
+
+typedef struct {
+    bool completed;
+    int err;
+} OptOp;
+
+static int opt_done(void *user_data, int *error)
+{
+    OptOp *op = user_data;
+    op->completed = true;
+    op->err = *error;
+    return 1;
+}
+
+static bool opt_completed(struct nbd_handle *h, void *arg)
+{
+    (void)h;
+    return ((OptOp *)arg)->completed;
+}
+
 struct nbd_handle *source_connect(const char *host, const char *port, const char *name,
-                                  GError **error)
+                                  int timeout_ms, GError **error)
 {
     struct nbd_handle *h = nbd_create();
     if (!h) {
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "libnbd: %s", nbd_get_error());
         return NULL;
     }
+    gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
+    g_autoptr(GError) why = NULL;
     /* Pages are always fully overwritten by the reply: skip libnbd's
      * zeroing of every read buffer. */
     nbd_set_pread_initialize(h, false);
     if (nbd_set_export_name(h, name) < 0 ||
         nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0 ||
-        nbd_connect_tcp(h, host, port) < 0) {
+        nbd_aio_connect_tcp(h, host, port) < 0)
+        g_set_error(&why, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s", nbd_get_error());
+    else
+        handshake_wait(h, is_ready, NULL, deadline, timeout_ms, &why);
+    if (why) {
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
                     "cannot connect to the migration source %s:%s (export '%s'): %s; is "
                     "'nbd-pagesrv --export %s=FILE --listen %s:%s' running there?",
-                    host, port, name, nbd_get_error(), name, host, port);
+                    host, port, name, why->message, name, host, port);
         nbd_close(h);
         return NULL;
     }
@@ -56,25 +126,59 @@ static int collect_export(void *user_data, const char *name, const char *descrip
     return 0;
 }
 
-GHashTable *source_list_exports(const char *host, const char *port, GError **error)
+/* Start an option request and wait for its reply. */
+static bool opt_run(struct nbd_handle *h, bool list, GPtrArray *names, gint64 deadline,
+                    int timeout_ms, GError **error)
+{
+    OptOp op = { 0 };
+    nbd_completion_callback cb = { .callback = opt_done, .user_data = &op };
+    int r = list ? nbd_aio_opt_list(h, (nbd_list_callback){ .callback = collect_export,
+                                                            .user_data = names }, cb)
+                 : nbd_aio_opt_info(h, cb);
+    if (r < 0) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s", nbd_get_error());
+        return false;
+    }
+    if (!handshake_wait(h, opt_completed, &op, deadline, timeout_ms, error))
+        return false;
+    if (op.err) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s", g_strerror(op.err));
+        return false;
+    }
+    return true;
+}
+
+GHashTable *source_list_exports(const char *host, const char *port, int timeout_ms,
+                                GError **error)
 {
     GHashTable *sizes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
+    g_autoptr(GError) why = NULL;
     struct nbd_handle *h = nbd_create();
-    if (!h || nbd_set_opt_mode(h, true) < 0 || nbd_connect_tcp(h, host, port) < 0 ||
-        nbd_opt_list(h, (nbd_list_callback){ .callback = collect_export, .user_data = names }) < 0) {
+    if (!h || nbd_set_opt_mode(h, true) < 0 || nbd_aio_connect_tcp(h, host, port) < 0)
+        g_set_error(&why, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s",
+                    h ? nbd_get_error() : "out of memory");
+    else if (handshake_wait(h, is_negotiating, NULL, deadline, timeout_ms, &why))
+        opt_run(h, true, names, deadline, timeout_ms, &why);
+    if (why) {
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
                     "cannot reach the migration source at %s:%s: %s; start 'nbd-pagesrv "
                     "--export NAME=FILE --listen HOST:%s' on the source host first",
-                    host, port, h ? nbd_get_error() : "out of memory", port);
+                    host, port, why->message, port);
         goto fail;
     }
     for (guint i = 0; i < names->len; i++) {
         const char *name = g_ptr_array_index(names, i);
-        if (nbd_set_export_name(h, name) < 0 || nbd_opt_info(h) < 0) {
+        if (nbd_set_export_name(h, name) < 0) {
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "export name '%s': %s",
+                        name, nbd_get_error());
+            goto fail;
+        }
+        if (!opt_run(h, false, NULL, deadline, timeout_ms, &why)) {
             g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
                         "the source at %s:%s lists export '%s' but will not describe it: %s",
-                        host, port, name, nbd_get_error());
+                        host, port, name, why->message);
             goto fail;
         }
         int64_t size = nbd_get_size(h);
@@ -87,7 +191,8 @@ GHashTable *source_list_exports(const char *host, const char *port, GError **err
         *v = (uint64_t)size;
         g_hash_table_insert(sizes, g_strdup(name), v);
     }
-    nbd_opt_abort(h);
+    /* Saying goodbye is a courtesy: nothing waits for it. */
+    nbd_aio_opt_abort(h);
     nbd_close(h);
     return sizes;
 fail:

@@ -9,13 +9,15 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* Connect to export `name` at host:port; asks for base:allocation.
- * Returns NULL with *error set. */
+/* Connect to export `name` at host:port; asks for base:allocation. A
+ * handshake not done within timeout_ms fails. Returns NULL with *error set. */
 struct nbd_handle *source_connect(const char *host, const char *port, const char *name,
-                                  GError **error);
+                                  int timeout_ms, GError **error);
 
-/* List the source's exports and their sizes: name -> uint64_t* size. */
-GHashTable *source_list_exports(const char *host, const char *port, GError **error);
+/* List the source's exports and their sizes: name -> uint64_t* size. The
+ * whole exchange must be done within timeout_ms. */
+GHashTable *source_list_exports(const char *host, const char *port, int timeout_ms,
+                                GError **error);
 
 /* Wait up to timeout_ms for the handle (or the wake eventfd) and let libnbd
  * make progress. Returns 0, or -1 if the connection is dead. */

@@ -102,9 +102,9 @@ if [ -z "$size" ]; then
     # point 6), and as the top-priority device ours also receives whatever
     # else the host pages out meanwhile (e.g. a DAMON page-out scheme).
     # Slots nobody uses cost nothing.
-    exports=$(nbdinfo --json --list "nbd://${src%:*}:${src##*:}" 2>/dev/null |
+    exports=$(timeout 30 nbdinfo --json --list "nbd://${src%:*}:${src##*:}" 2>/dev/null |
               python3 -c 'import json,sys; print(sum(e["export-size"] for e in json.load(sys.stdin)["exports"]))') ||
-        die "cannot list the exports of the source $src: is 'nbd-pagesrv --export NAME=FILE --listen $src' running there?"
+        die "cannot list the exports of the source $src within 30 s: is 'nbd-pagesrv --export NAME=FILE --listen $src' running there, and nothing else on that port?"
     used_kb=$(awk 'NR>1 {u+=$4} END {print u+0}' /proc/swaps)
     size=$(( (4 * (exports + used_kb * 1024) + (256 << 20)) / 1048576 * 1048576 ))
 fi

@@ -584,6 +584,22 @@ PY
     echo "$output"
     [ "$status" -ne 0 ]
     [[ $output == *"no-port-here"* ]]
+    # Something that accepts connections and never speaks NBD: the
+    # handshake gives up after the fault timeout instead of hanging.
+    port=$(free_port)
+    python3 -c "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', $port)); s.listen(); time.sleep(120)" \
+        3>&- &
+    silent=$!
+    defer kill_wait "$silent"
+    wait_for port_bound "$port"
+    start=$SECONDS
+    run timeout 30 "$PAGESRV" --size 4M --socket "$T/d.sock" --src "127.0.0.1:$port" \
+        --fault-timeout 2
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [ "$status" -ne 124 ]
+    [ $(( SECONDS - start )) -lt 10 ]
+    [[ $output == *"127.0.0.1:$port"*"did not complete the NBD handshake within 2.0 s"* ]]
 }
 
 @test "pull: with --src-later the destination starts before its source; map waits for the source to be up" {
