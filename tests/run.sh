@@ -15,8 +15,8 @@ fi
 log=$(mktemp /tmp/swapcopy-tests.XXXXXX)
 trap 'rm -f "$log"' EXIT
 # --tap gives one line per test that this script can count; bats' own
-# summary is not what CI reads.
-bats --tap "${files[@]}" 2>&1 | tee "$log"
+# summary is not what CI reads. --timing puts each test's duration on its line.
+bats --tap --timing "${files[@]}" 2>&1 | tee "$log"
 bats_rc=${PIPESTATUS[0]}
 
 skipped=$(grep -cE '^ok [0-9]+ .*# skip' "$log" || true)
