@@ -568,11 +568,7 @@ PY
 }
 
 @test "pull: a destination whose source is unreachable exits non-zero naming the address" {
-    # A port nothing listens on.
-    for (( i=0; i<20; i++ )); do
-        port=$(free_port)
-        nbdinfo --size "nbd://127.0.0.1:$port" >/dev/null 2>&1 || break
-    done
+    port=$(free_port)   # nothing listens there
     run timeout 30 "$PAGESRV" --size 4M --socket "$T/d.sock" --control "$T/c.sock" \
         --src "127.0.0.1:$port"
     echo "$output"
@@ -587,11 +583,7 @@ PY
     # Something that accepts connections and never speaks NBD: the
     # handshake gives up after the fault timeout instead of hanging.
     port=$(free_port)
-    python3 -c "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', $port)); s.listen(); time.sleep(120)" \
-        3>&- &
-    silent=$!
-    defer kill_wait "$silent"
-    wait_for port_bound "$port"
+    hold_port "$port"
     start=$SECONDS
     run timeout 30 "$PAGESRV" --size 4M --socket "$T/d.sock" --src "127.0.0.1:$port" \
         --fault-timeout 2
@@ -606,11 +598,7 @@ PY
     mk_src 16
     SLOTS=5000 MAP=$T/map
     "$TESTBIN/pull-plan" --seed "$SEED" "$PAGES" "$SLOTS" >"$MAP"
-    # A port nothing listens on yet.
-    for (( i=0; i<20; i++ )); do
-        port=$(free_port)
-        nbdinfo --size "nbd://127.0.0.1:$port" >/dev/null 2>&1 || break
-    done
+    port=$(free_port)   # nothing listens there yet
     SRC_PORT=$port
     dst_start "$SLOTS" --src-later
     grep -q "its exports will be listed at the first map" "$PAGESRV_LOG"

@@ -64,10 +64,7 @@ teardown() {
 @test "stock QEMU: an exporter port already taken fails at once, saying why, and the source keeps running" {
     qemu_pair_start 128
     busy=$(free_port)
-    python3 -c "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', $busy)); s.listen(); time.sleep(600)" 3>&- &
-    holder=$!
-    defer kill_wait "$holder"
-    wait_for port_bound "$busy"
+    hold_port "$busy"
     start=$SECONDS
     run swapcopy_migrate --source-listen "127.0.0.1:$busy"
     echo "$output"

@@ -116,3 +116,12 @@ free_port_pair() {
     _fp2=$_fp1
     while [ "$_fp2" = "$_fp1" ]; do _fp2=$(free_port) || return 1; done
 }
+
+# hold_port PORT: a process listening on 127.0.0.1:PORT that accepts
+# connections and never answers (a stranger on the port), until teardown.
+hold_port() {
+    python3 -c "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', $1)); s.listen(); time.sleep(3600)" \
+        3>&- &
+    defer kill_wait "$!"
+    wait_for port_bound "$1"
+}
