@@ -27,7 +27,8 @@ keep_build=no
 keep_kernels=3
 source_pkg=linux-source-6.1
 # What building the kernel and the static selftest needs beyond make.
-build_deps=("$source_pkg" bc flex bison libelf-dev libssl-dev gcc make xz-utils libc6-dev)
+# rsync: Linux 6.1's headers_install copies the uapi headers with it.
+build_deps=("$source_pkg" bc flex bison libelf-dev libssl-dev gcc make xz-utils libc6-dev rsync)
 
 die() { echo "mm-patch-madvise/build.sh: $*" >&2; exit 1; }
 log() { echo "mm-patch-madvise/build.sh: $*" >&2; }

@@ -9,7 +9,7 @@ qemu-system-x86 qemu-utils libclang-rt-14-dev python3 python3-libnbd
 busybox-static cpio
 dpkg-dev ninja-build meson python3-venv libpixman-1-dev libslirp-dev libfdt-dev
 flex bison xz-utils
-linux-source-6.1 bc libelf-dev libssl-dev"
+linux-source-6.1 bc libelf-dev libssl-dev rsync"
 
 missing=""
 for p in $packages; do
