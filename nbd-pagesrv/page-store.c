@@ -7,7 +7,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #define KIND_SHIFT 60
@@ -51,6 +53,7 @@ struct PageStore {
 
     int spill_fd;
     char *spill_path;
+    uint64_t spill_failures;      /* atomic; only the first few are logged */
 
     PageFetchFn fetch;
     PagePrefetchFn prefetch;
@@ -179,6 +182,23 @@ static int open_spill(PageStore *ps, const char *path, GError **error)
                     ps->spill_path, g_strerror(errno));
         return -1;
     }
+    /* A tmpfs file's pages are themselves swapped out under pressure, and
+     * this daemon's device is the top-priority swap: the page would be
+     * written to the device it is the backing of. */
+    struct statfs fs;
+    if (fstatfs(ps->spill_fd, &fs) < 0) {
+        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
+                    "cannot tell which file system holds the spill file %s: %s",
+                    ps->spill_path, g_strerror(errno));
+        return -1;
+    }
+    if (fs.f_type == TMPFS_MAGIC) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL,
+                    "the spill file %s is on tmpfs, whose pages can be swapped out to the "
+                    "very device it backs: give --store a path on a disk file system "
+                    "(or set TMPDIR to one)", ps->spill_path);
+        return -1;
+    }
     if (ftruncate(ps->spill_fd, (off_t)ps->size) < 0) {
         g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
                     "cannot size the spill file %s to %" G_GUINT64_FORMAT " bytes: %s "
@@ -265,9 +285,15 @@ static int spill_io(PageStore *ps, bool write, void *buf, size_t len, uint64_t o
             continue;
         if (n <= 0) {
             int err = n < 0 ? errno : EIO;
+            uint64_t nth = __atomic_add_fetch(&ps->spill_failures, 1, __ATOMIC_RELAXED);
+            if (nth > 8 && nth % 4096 != 0)
+                return err;
+            /* A full disk fails every write: log the first few, then a sample. */
             g_warning("page store: %s of the spill file %s at offset %" G_GUINT64_FORMAT
-                      " failed: %s", write ? "write" : "read", ps->spill_path, off + done,
-                      g_strerror(err));
+                      " failed: %s (failure %" G_GUINT64_FORMAT "; the slot keeps what it "
+                      "had: free space there or give --store another file system)",
+                      write ? "write" : "read", ps->spill_path, off + done, g_strerror(err),
+                      nth);
             return err;
         }
         done += (size_t)n;
@@ -345,7 +371,11 @@ static bool slot_store_marker(PageStore *ps, uint64_t s, const unsigned char *pa
     return true;
 }
 
-/* Store a whole page into slot s, whatever it held. Caller holds its lock. */
+/* Store a whole page into slot s, whatever it held. Caller holds its lock.
+ * The old entry is replaced only once the new copy is in place: a slot
+ * whose page cannot be stored (pool full and the spill write failing, e.g.
+ * a full disk) keeps what it had, so a remote page stays remote and is
+ * never read back as zeros. */
 static int slot_store(PageStore *ps, uint64_t s, const unsigned char *page)
 {
     uint64_t e = ps->slot[s];
@@ -359,12 +389,15 @@ static int slot_store(PageStore *ps, uint64_t s, const unsigned char *page)
         memcpy(pool_page(ps, payload_of(e)), page, PAGE_SIZE_BYTES);
         return 0;
     }
+    /* A failed overwrite of a spilled page leaves it torn, but only the
+     * kernel overwrites a slot, and after a failed swap write it keeps the
+     * page in memory and writes it again: it never reads the torn copy. */
     if (kind_of(e) == SLOT_FILE)
         return spill_io(ps, true, (void *)page, PAGE_SIZE_BYTES, s << PAGE_SHIFT_BITS);
-    slot_clear(ps, s);
     uint64_t idx = pool_alloc(ps);
     if (idx != UINT64_MAX) {
         memcpy(pool_page(ps, idx), page, PAGE_SIZE_BYTES);
+        slot_clear(ps, s);
         ps->slot[s] = make_entry(SLOT_RAM, idx);
         __atomic_add_fetch(&ps->n_ram, 1, __ATOMIC_RELAXED);
         return 0;
@@ -372,6 +405,7 @@ static int slot_store(PageStore *ps, uint64_t s, const unsigned char *page)
     int err = spill_io(ps, true, (void *)page, PAGE_SIZE_BYTES, s << PAGE_SHIFT_BITS);
     if (err)
         return err;
+    slot_clear(ps, s);
     ps->slot[s] = make_entry(SLOT_FILE, 0);
     __atomic_add_fetch(&ps->n_file, 1, __ATOMIC_RELAXED);
     return 0;
@@ -405,8 +439,11 @@ static int slot_load(PageStore *ps, uint64_t s, unsigned in, unsigned len, unsig
 
 /* Slot s is REMOTE: fetch it (without the lock), install it if the slot is
  * still the same remote page, and return with the lock held again. The
- * caller re-examines the slot: a write may have got there first. */
-static int resolve_remote(PageStore *ps, uint64_t s, GMutex *lock)
+ * caller re-examines the slot: a write may have got there first. A page
+ * that arrived but cannot be stored (full disk) is handed to the caller in
+ * `page` with *served set, and its slot stays remote. */
+static int resolve_remote(PageStore *ps, uint64_t s, GMutex *lock, unsigned char *page_out,
+                          bool *served)
 {
     uint64_t e = ps->slot[s];
     unsigned export_id;
@@ -427,12 +464,30 @@ static int resolve_remote(PageStore *ps, uint64_t s, GMutex *lock)
         return 0;
     if (err)
         return err;
-    return slot_store(ps, s, tmp);
+    if (slot_store(ps, s, tmp) != 0) {
+        memcpy(page_out, tmp, PAGE_SIZE_BYTES);
+        *served = true;
+    }
+    return 0;
+}
+
+/* Whole page of slot s into page[]: remote slots are fetched first. Caller
+ * holds its lock. */
+static int slot_read_page(PageStore *ps, uint64_t s, GMutex *lock, unsigned char *page)
+{
+    bool served = false;
+    int err = 0;
+    while (!err && !served && kind_of(ps->slot[s]) == SLOT_REMOTE)
+        err = resolve_remote(ps, s, lock, page, &served);
+    if (!err && !served)
+        err = slot_load(ps, s, 0, PAGE_SIZE_BYTES, page);
+    return err;
 }
 
 int page_store_read(PageStore *ps, void *buf, uint32_t len, uint64_t off)
 {
     unsigned char *out = buf;
+    unsigned char page[PAGE_SIZE_BYTES];
     if (len)
         prefetch_window(ps, off >> PAGE_SHIFT_BITS, (off + len - 1) >> PAGE_SHIFT_BITS);
     while (len > 0) {
@@ -440,12 +495,15 @@ int page_store_read(PageStore *ps, void *buf, uint32_t len, uint64_t off)
         unsigned in = (unsigned)(off & (PAGE_SIZE_BYTES - 1));
         unsigned n = MIN(len, PAGE_SIZE_BYTES - in);
         GMutex *lock = lock_for(ps, s);
-        int err = 0;
+        int err;
         g_mutex_lock(lock);
-        while (!err && kind_of(ps->slot[s]) == SLOT_REMOTE)
-            err = resolve_remote(ps, s, lock);
-        if (!err)
+        if (kind_of(ps->slot[s]) == SLOT_REMOTE) {
+            err = slot_read_page(ps, s, lock, page);
+            if (!err)
+                memcpy(out, page + in, n);
+        } else {
             err = slot_load(ps, s, in, n, out);
+        }
         g_mutex_unlock(lock);
         if (err)
             return err;
@@ -472,10 +530,7 @@ int page_store_write(PageStore *ps, const void *buf, uint32_t len, uint64_t off)
         } else {
             /* A partial page merges with what the slot holds, which for a
              * remote slot means fetching it first. */
-            while (!err && kind_of(ps->slot[s]) == SLOT_REMOTE)
-                err = resolve_remote(ps, s, lock);
-            if (!err)
-                err = slot_load(ps, s, 0, PAGE_SIZE_BYTES, page);
+            err = slot_read_page(ps, s, lock, page);
             if (!err) {
                 memcpy(page + in, src, n);
                 err = slot_store(ps, s, page);

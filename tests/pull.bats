@@ -749,3 +749,56 @@ print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))'
     "$TESTBIN/marker-check" "$NBD_SOCK" 1234abcd 13 data
     [ "$(stat_field store.marker_pages)" -eq 1 ]
 }
+
+@test "pull: a full spill file system leaves pages remote and every read right, never zeros" {
+    # A real ext4 of 16 MiB for the spill file, 8 MiB of pool, 64 MiB to
+    # pull: most pages can be stored nowhere. Each must still read back as
+    # the source's page (fetched again and served), never as zeros.
+    command -v mkfs.ext4 >/dev/null || { echo "mkfs.ext4 is missing: apt-get install e2fsprogs"; return 1; }
+    truncate -s 16M "$T/fs.img"
+    mkfs.ext4 -q -F "$T/fs.img"
+    mkdir "$T/mnt"
+    mount -o loop "$T/fs.img" "$T/mnt"
+    defer umount "$T/mnt"
+    mk_src 64 --all-random
+    SLOTS=$PAGES MAP=$T/map
+    echo "0 0 $PAGES" >"$MAP"
+    src_start
+    dst_start "$SLOTS" --mem-limit 8M --store "$T/mnt/spill"
+    map_file "$MAP"
+    # The stream runs into the full disk: wait until it has gone through.
+    for (( i = 0; i < 300; i++ )); do
+        grep -q "No space left on device" "$PAGESRV_LOG" && [ "$(stat_field store.remote_pages)" -lt "$PAGES" ] && break
+        sleep 0.1
+    done
+    grep -q "No space left on device" "$PAGESRV_LOG"
+    sleep 2
+    remote=$(stat_field store.remote_pages)
+    echo "pages still remote after the stream: $remote of $PAGES"
+    [ "$remote" -gt 0 ]
+    # Every page, stored or not, reads as the source's.
+    verify_all
+    # What could not be stored is still remote: nothing counts as local
+    # that is not there.
+    [ "$(stat_field store.remote_pages)" -gt 0 ]
+    [ "$(status_field pages.remote)" -gt 0 ]
+    # The log is sampled, not flooded.
+    [ "$(grep -c "No space left on device" "$PAGESRV_LOG")" -lt 40 ]
+}
+
+@test "pull: a spill file on tmpfs is refused, saying why" {
+    mkdir "$T/shm"
+    mount -t tmpfs -o size=8M tmpfs "$T/shm"
+    defer umount "$T/shm"
+    run timeout 30 "$PAGESRV" --size 4M --socket "$T/d.sock" --store "$T/shm/spill"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [ "$status" -ne 124 ]
+    [[ $output == *"$T/shm/spill"*"tmpfs"* ]]
+    [ ! -e "$T/d.sock" ]
+    # TMPDIR on tmpfs, no --store: the same.
+    run env TMPDIR="$T/shm" timeout 30 "$PAGESRV" --size 4M --socket "$T/d.sock"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ $output == *"tmpfs"* ]]
+}
