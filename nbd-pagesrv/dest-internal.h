@@ -62,11 +62,18 @@ struct Puller {
     bool stop;                     /* atomic: threads leave at the next poll */
 };
 
+/* A REMOTE slot has 12 bits for its export id (page-store.c). */
+#define DEST_MAX_EXPORTS 4096
+
 struct Dest {
     PageStore *ps;
     char *host, *port;
     GHashTable *source_sizes;      /* export name -> uint64_t* size */
-    GPtrArray *pullers;            /* of Puller*, index = export id */
+    /* Of Puller*, index = export id. Added to on the main thread only;
+     * sized for DEST_MAX_EXPORTS at start so that its storage never moves
+     * under the fault workers, which read it through dest_puller(). */
+    GPtrArray *pullers;
+    unsigned npullers;             /* atomic: set after pullers[n-1] is in place */
 
     GMutex lock;                   /* demand table and queues */
     GCond cond;                    /* a demand entry finished */

@@ -41,12 +41,20 @@ static DemandEntry *demand_get(Dest *d, Puller *p, uint64_t page, bool want_ref)
 /* PageFetchFn: a reader needs this page now. Waits at most the fault
  * timeout; then EIO, which the kernel turns into SIGBUS for the faulting
  * process: better than a wrong page. */
+/* A puller as the fault workers see it: NULL for an id not published yet. */
+static Puller *dest_puller(Dest *d, unsigned export_id)
+{
+    if (export_id >= __atomic_load_n(&d->npullers, __ATOMIC_ACQUIRE))
+        return NULL;
+    return g_ptr_array_index(d->pullers, export_id);
+}
+
 static int dest_fetch(void *opaque, unsigned export_id, uint64_t page, void *dst)
 {
     Dest *d = opaque;
-    if (export_id >= d->pullers->len)
+    Puller *p = dest_puller(d, export_id);
+    if (!p)
         return EIO;
-    Puller *p = g_ptr_array_index(d->pullers, export_id);
     gint64 deadline = g_get_monotonic_time() + __atomic_load_n(&d->fault_timeout_us, __ATOMIC_RELAXED);
     g_mutex_lock(&d->lock);
     if (d->stopping) {
@@ -77,11 +85,12 @@ static int dest_fetch(void *opaque, unsigned export_id, uint64_t page, void *dst
 static void dest_prefetch(void *opaque, unsigned export_id, uint64_t page)
 {
     Dest *d = opaque;
-    if (export_id >= d->pullers->len)
+    Puller *p = dest_puller(d, export_id);
+    if (!p)
         return;
     g_mutex_lock(&d->lock);
     if (!d->stopping)
-        demand_get(d, g_ptr_array_index(d->pullers, export_id), page, false);
+        demand_get(d, p, page, false);
     g_mutex_unlock(&d->lock);
 }
 
@@ -116,9 +125,17 @@ static Puller *puller_for(Dest *d, const char *name, GError **error)
                     "the source %s:%s has no export named '%s'", d->host, d->port, name);
         return NULL;
     }
+    if (d->pullers->len >= DEST_MAX_EXPORTS) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "cannot pull export '%s': already pulling from %u exports, the most "
+                    "one destination can", name, DEST_MAX_EXPORTS);
+        return NULL;
+    }
     Puller *p = puller_new(d, d->pullers->len, name, *size, error);
-    if (p)
+    if (p) {
         g_ptr_array_add(d->pullers, p);
+        __atomic_store_n(&d->npullers, d->pullers->len, __ATOMIC_RELEASE);
+    }
     return p;
 }
 
@@ -415,7 +432,7 @@ Dest *dest_new(PageStore *ps, const char *src, bool src_later, double fault_time
 {
     Dest *d = g_new0(Dest, 1);
     d->ps = ps;
-    d->pullers = g_ptr_array_new_with_free_func((GDestroyNotify)puller_free);
+    d->pullers = g_ptr_array_new_full(DEST_MAX_EXPORTS, (GDestroyNotify)puller_free);
     g_mutex_init(&d->lock);
     g_cond_init(&d->cond);
     d->demand = g_hash_table_new_full(g_int64_hash, g_int64_equal, entry_free_key, NULL);
