@@ -38,9 +38,6 @@ static DemandEntry *demand_get(Dest *d, Puller *p, uint64_t page, bool want_ref)
     return e;
 }
 
-/* PageFetchFn: a reader needs this page now. Waits at most the fault
- * timeout; then EIO, which the kernel turns into SIGBUS for the faulting
- * process: better than a wrong page. */
 /* A puller as the fault workers see it: NULL for an id not published yet. */
 static Puller *dest_puller(Dest *d, unsigned export_id)
 {
@@ -49,6 +46,9 @@ static Puller *dest_puller(Dest *d, unsigned export_id)
     return g_ptr_array_index(d->pullers, export_id);
 }
 
+/* PageFetchFn: a reader needs this page now. Waits at most the fault
+ * timeout; then EIO, which the kernel turns into SIGBUS for the faulting
+ * process: better than a wrong page. */
 static int dest_fetch(void *opaque, unsigned export_id, uint64_t page, void *dst)
 {
     Dest *d = opaque;

@@ -290,10 +290,10 @@ static int spill_io(PageStore *ps, bool write, void *buf, size_t len, uint64_t o
                 return err;
             /* A full disk fails every write: log the first few, then a sample. */
             g_warning("page store: %s of the spill file %s at offset %" G_GUINT64_FORMAT
-                      " failed: %s (failure %" G_GUINT64_FORMAT "; the slot keeps what it "
-                      "had: free space there or give --store another file system)",
+                      " failed: %s (failure %" G_GUINT64_FORMAT "%s)",
                       write ? "write" : "read", ps->spill_path, off + done, g_strerror(err),
-                      nth);
+                      nth, write ? "; the slot keeps what it had: free space there or give "
+                                   "--store another file system" : "");
             return err;
         }
         done += (size_t)n;
