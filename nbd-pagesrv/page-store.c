@@ -192,13 +192,19 @@ static int open_spill(PageStore *ps, const char *path, GError **error)
                     ps->spill_path, g_strerror(errno));
         return -1;
     }
-    if (fs.f_type == TMPFS_MAGIC) {
+    /* An explicit --store there is refused. The default ($TMPDIR) only
+     * warns: a host (or test VM) booted from RAM has no disk to offer. */
+    if (fs.f_type == TMPFS_MAGIC && path) {
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL,
                     "the spill file %s is on tmpfs, whose pages can be swapped out to the "
-                    "very device it backs: give --store a path on a disk file system "
-                    "(or set TMPDIR to one)", ps->spill_path);
+                    "very device it backs: give --store a path on a disk file system",
+                    ps->spill_path);
         return -1;
     }
+    if (fs.f_type == TMPFS_MAGIC)
+        g_warning("the spill file %s is on tmpfs, whose pages can be swapped out to the "
+                  "very device it backs: set TMPDIR or --store to a disk file system",
+                  ps->spill_path);
     if (ftruncate(ps->spill_fd, (off_t)ps->size) < 0) {
         g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
                     "cannot size the spill file %s to %" G_GUINT64_FORMAT " bytes: %s "
