@@ -477,17 +477,24 @@ static int resolve_remote(PageStore *ps, uint64_t s, GMutex *lock, unsigned char
     return 0;
 }
 
-/* Whole page of slot s into page[]: remote slots are fetched first. Caller
+/* [in, in+len) of slot s into dst, fetching a remote slot first. `page` is
+ * a page of scratch for a fetched page that could not be stored. Caller
  * holds its lock. */
-static int slot_read_page(PageStore *ps, uint64_t s, GMutex *lock, unsigned char *page)
+static int slot_read(PageStore *ps, uint64_t s, GMutex *lock, unsigned in, unsigned len,
+                     unsigned char *dst, unsigned char *page)
 {
     bool served = false;
     int err = 0;
     while (!err && !served && kind_of(ps->slot[s]) == SLOT_REMOTE)
         err = resolve_remote(ps, s, lock, page, &served);
-    if (!err && !served)
-        err = slot_load(ps, s, 0, PAGE_SIZE_BYTES, page);
-    return err;
+    if (err)
+        return err;
+    if (served) {
+        if (dst != page + in)  /* a partial write merges in `page` itself */
+            memcpy(dst, page + in, len);
+        return 0;
+    }
+    return slot_load(ps, s, in, len, dst);
 }
 
 int page_store_read(PageStore *ps, void *buf, uint32_t len, uint64_t off)
@@ -501,15 +508,8 @@ int page_store_read(PageStore *ps, void *buf, uint32_t len, uint64_t off)
         unsigned in = (unsigned)(off & (PAGE_SIZE_BYTES - 1));
         unsigned n = MIN(len, PAGE_SIZE_BYTES - in);
         GMutex *lock = lock_for(ps, s);
-        int err;
         g_mutex_lock(lock);
-        if (kind_of(ps->slot[s]) == SLOT_REMOTE) {
-            err = slot_read_page(ps, s, lock, page);
-            if (!err)
-                memcpy(out, page + in, n);
-        } else {
-            err = slot_load(ps, s, in, n, out);
-        }
+        int err = slot_read(ps, s, lock, in, n, out, page);
         g_mutex_unlock(lock);
         if (err)
             return err;
@@ -536,7 +536,7 @@ int page_store_write(PageStore *ps, const void *buf, uint32_t len, uint64_t off)
         } else {
             /* A partial page merges with what the slot holds, which for a
              * remote slot means fetching it first. */
-            err = slot_read_page(ps, s, lock, page);
+            err = slot_read(ps, s, lock, 0, PAGE_SIZE_BYTES, page, page);
             if (!err) {
                 memcpy(page + in, src, n);
                 err = slot_store(ps, s, page);
