@@ -9,25 +9,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "demand-table.h"
 #include "dest.h"
 #include "latency-hist.h"
 #include "page-store.h"
 
 typedef struct Dest Dest;
 typedef struct Puller Puller;
-
-/* One page wanted now by a faulting reader (or its readahead neighbours).
- * Lives in Dest.demand while not done. References: one for the puller's
- * demand thread until it has finished with it, one per waiting reader. */
-typedef struct {
-    Puller *puller;
-    uint64_t page;
-    gint64 queued_us;
-    bool done;
-    int err;
-    unsigned refs;
-    unsigned char data[PAGE_SIZE_BYTES];
-} DemandEntry;
 
 /* Background streaming runs on several connections (the source
  * advertises multi-conn): one TCP stream cannot keep up with the link on
@@ -54,13 +42,16 @@ struct Puller {
     uint64_t mapped;               /* pages with a slot */
     uint64_t map_generation;       /* atomic: bumped by every map, so the stream sweeps again */
 
-    GQueue demand_queue;           /* DemandEntry*, not yet sent; under Dest.lock */
-    int demand_wake;               /* eventfd */
+    DemandQueue demand;            /* pages to read from the source now (demand-table.h) */
     GThread *demand_thread;
     bool demand_connected;         /* atomic, for status */
     StreamLane lanes[STREAM_LANES];
     bool stop;                     /* atomic: threads leave at the next poll */
 };
+
+/* Landing mode keeps pages that arrived before the kernel asked for them
+ * (its readahead, the rest of a batch) until read: at most this many. */
+#define DEST_PARKED_MAX 8192           /* 32 MiB */
 
 /* A REMOTE slot has 12 bits for its export id (page-store.c). */
 #define DEST_MAX_EXPORTS 4096
@@ -75,10 +66,8 @@ struct Dest {
     GPtrArray *pullers;
     unsigned npullers;             /* atomic: set after pullers[n-1] is in place */
 
-    GMutex lock;                   /* demand table and queues */
-    GCond cond;                    /* a demand entry finished */
-    GHashTable *demand;            /* (id << 48 | page) -> DemandEntry* */
-    bool stopping;                 /* under lock: no new demand entries */
+    DemandTable *demand;           /* pages on their way from the source */
+    bool stopping;                 /* atomic: no new mappings or fetches */
 
     /* Policy (atomics; set from the control socket). */
     bool background;
@@ -97,6 +86,13 @@ struct Dest {
     GList *waiters;                /* ControlClient* waiting for all-local */
     guint timer;
 };
+
+/* Landing mode (page_store_set_landing): pages go to the kernel, not to
+ * the store. */
+static inline bool dest_landing(Dest *d)
+{
+    return page_store_landing(d->ps);
+}
 
 /* puller.c */
 Puller *puller_new(Dest *d, unsigned id, const char *name, uint64_t size, GError **error);

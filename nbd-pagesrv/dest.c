@@ -14,30 +14,6 @@
 
 /* ---- the fault path ---------------------------------------------------- */
 
-/* Queue page of puller p for the demand thread unless it is already on its
- * way. Caller holds d->lock. Returns the entry (a reference is added when
- * want_ref is set). */
-static DemandEntry *demand_get(Dest *d, Puller *p, uint64_t page, bool want_ref)
-{
-    uint64_t key = demand_key(p->id, page);
-    DemandEntry *e = g_hash_table_lookup(d->demand, &key);
-    if (!e) {
-        e = g_new0(DemandEntry, 1);
-        e->puller = p;
-        e->page = page;
-        e->queued_us = g_get_monotonic_time();
-        e->refs = 1;                           /* the demand thread's */
-        uint64_t *k = g_new(uint64_t, 1);
-        *k = key;
-        g_hash_table_insert(d->demand, k, e);
-        g_queue_push_tail(&p->demand_queue, e);
-        wake_fd_signal(p->demand_wake);
-    }
-    if (want_ref)
-        e->refs++;
-    return e;
-}
-
 /* A puller as the fault workers see it: NULL for an id not published yet. */
 static Puller *dest_puller(Dest *d, unsigned export_id)
 {
@@ -56,21 +32,7 @@ static int dest_fetch(void *opaque, unsigned export_id, uint64_t page, void *dst
     if (!p)
         return EIO;
     gint64 deadline = g_get_monotonic_time() + __atomic_load_n(&d->fault_timeout_us, __ATOMIC_RELAXED);
-    g_mutex_lock(&d->lock);
-    if (d->stopping) {
-        g_mutex_unlock(&d->lock);
-        return ESHUTDOWN;
-    }
-    DemandEntry *e = demand_get(d, p, page, true);
-    while (!e->done && g_cond_wait_until(&d->cond, &d->lock, deadline))
-        ;
-    int err = e->done ? e->err : ETIMEDOUT;
-    if (e->done && !err)
-        memcpy(dst, e->data, PAGE_SIZE_BYTES);
-    bool last = --e->refs == 0;
-    g_mutex_unlock(&d->lock);
-    if (last)
-        g_free(e);
+    int err = demand_table_fetch(d->demand, &p->demand, demand_key(p->id, page), page, deadline, dst);
     if (err == ETIMEDOUT) {
         g_critical("page %" G_GUINT64_FORMAT " of export '%s' did not arrive from the source "
                    "%s:%s within the fault timeout: answering EIO (the faulting process gets "
@@ -86,12 +48,8 @@ static void dest_prefetch(void *opaque, unsigned export_id, uint64_t page)
 {
     Dest *d = opaque;
     Puller *p = dest_puller(d, export_id);
-    if (!p)
-        return;
-    g_mutex_lock(&d->lock);
-    if (!d->stopping)
-        demand_get(d, p, page, false);
-    g_mutex_unlock(&d->lock);
+    if (p)
+        demand_table_prefetch(d->demand, &p->demand, demand_key(p->id, page), page);
 }
 
 /* ---- mapping ------------------------------------------------------------ */
@@ -142,7 +100,7 @@ static Puller *puller_for(Dest *d, const char *name, GError **error)
 static bool dest_map(Dest *d, uint64_t slot, const char *name, uint64_t page, uint64_t count,
                      GError **error)
 {
-    if (d->stopping) {
+    if (__atomic_load_n(&d->stopping, __ATOMIC_RELAXED)) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED, "shutting down");
         return false;
     }
@@ -185,7 +143,8 @@ static bool all_local(Dest *d)
 {
     PageStoreCounts c;
     page_store_counts(d->ps, &c);
-    return __atomic_load_n(&d->mapped_total, __ATOMIC_RELAXED) > 0 && c.remote_pages == 0;
+    return __atomic_load_n(&d->mapped_total, __ATOMIC_RELAXED) > 0 && c.remote_pages == 0 &&
+           c.landed_pages == 0;
 }
 
 static gboolean check_completion(gpointer data)
@@ -220,6 +179,12 @@ static const char *state_name(Dest *d)
         return "idle";
     if (d->complete_us)
         return "complete";
+    PageStoreCounts c;
+    page_store_counts(d->ps, &c);
+    /* Every page crossed once; the kernel may still read a landed one
+     * again (it dropped its clean copy), so the source is still needed. */
+    if (c.remote_pages == 0 && c.landed_pages > 0)
+        return "landed";
     for (guint i = 0; i < d->pullers->len; i++) {
         Puller *p = g_ptr_array_index(d->pullers, i);
         if (!__atomic_load_n(&p->demand_connected, __ATOMIC_RELAXED))
@@ -233,24 +198,29 @@ void dest_status_json(Dest *d, GString *out)
     PageStoreCounts c;
     page_store_counts(d->ps, &c);
     uint64_t total = __atomic_load_n(&d->mapped_total, __ATOMIC_RELAXED);
-    uint64_t remote = c.remote_pages, local = total > remote ? total - remote : 0;
+    uint64_t remote = c.remote_pages, landed = c.landed_pages;
+    uint64_t local = total > remote + landed ? total - remote - landed : 0;
+    uint64_t arrived = total > remote ? total - remote : 0;
     gint64 now = g_get_monotonic_time();
     gint64 end = d->complete_us ? d->complete_us : now;
     double secs = d->first_map_us ? (double)(end - d->first_map_us) / 1e6 : 0;
     uint64_t bytes = __atomic_load_n(&d->bytes_fetched, __ATOMIC_RELAXED);
     double rate = secs > 0 ? (double)bytes / secs : 0;
-    double eta = local && remote && secs > 0 ? secs * (double)remote / (double)local : 0;
+    double eta = arrived && remote && secs > 0 ? secs * (double)remote / (double)arrived : 0;
     g_string_append_printf(out,
         "{\"state\":\"%s\",\"source\":\"%s:%s\",\"pages\":{\"total\":%" G_GUINT64_FORMAT
         ",\"local\":%" G_GUINT64_FORMAT ",\"remote\":%" G_GUINT64_FORMAT
+        ",\"landed\":%" G_GUINT64_FORMAT ",\"parked\":%u"
         ",\"demand\":%" G_GUINT64_FORMAT ",\"streamed\":%" G_GUINT64_FORMAT
         ",\"zero\":%" G_GUINT64_FORMAT ",\"demand_failed\":%" G_GUINT64_FORMAT
         "},\"bytes_fetched\":%" G_GUINT64_FORMAT ",\"elapsed_s\":%.3f,\"rate_mib_s\":%.1f"
         ",\"eta_s\":%.1f,\"reconnects\":%" G_GUINT64_FORMAT ",\"policy\":{\"background\":%s"
-        ",\"bandwidth_mib_s\":%.1f,\"fault_timeout_s\":%.1f},\"fetch_latency_us\":",
-        state_name(d), d->host, d->port, total, local, remote, d->demand_pages,
+        ",\"land\":%s,\"bandwidth_mib_s\":%.1f,\"fault_timeout_s\":%.1f},\"fetch_latency_us\":",
+        state_name(d), d->host, d->port, total, local, remote, landed,
+        demand_table_parked(d->demand), d->demand_pages,
         d->stream_pages, d->zero_pages, d->demand_failures, bytes, secs,
         rate / 1048576.0, eta, d->reconnects, d->background ? "true" : "false",
+        dest_landing(d) ? "true" : "false",
         (double)d->bandwidth_bps / 1048576.0, (double)d->fault_timeout_us / 1e6);
     latency_hist_to_json(&d->fetch_latency, out);
     unsigned demand_up = 0, stream_up = 0;
@@ -392,6 +362,11 @@ static void cmd_policy(ControlClient *cl, int argc, char **argv, gpointer data)
         __atomic_store_n(&d->background, strcmp(argv[2], "on") == 0, __ATOMIC_RELAXED);
         for (guint i = 0; i < d->pullers->len; i++)
             puller_wake_stream(g_ptr_array_index(d->pullers, i));
+    } else if (argc == 3 && strcmp(argv[1], "land") == 0 &&
+               (strcmp(argv[2], "on") == 0 || strcmp(argv[2], "off") == 0)) {
+        page_store_set_landing(d->ps, strcmp(argv[2], "on") == 0);
+        for (guint i = 0; i < d->pullers->len; i++)
+            puller_wake_stream(g_ptr_array_index(d->pullers, i));
     } else if (argc == 3 && strcmp(argv[1], "bandwidth") == 0 &&
                (v = g_ascii_strtod(argv[2], &end)) >= 0 && end && *end == 0) {
         __atomic_store_n(&d->bandwidth_bps, (uint64_t)(v * 1048576.0), __ATOMIC_RELAXED);
@@ -399,8 +374,9 @@ static void cmd_policy(ControlClient *cl, int argc, char **argv, gpointer data)
                (v = g_ascii_strtod(argv[2], &end)) > 0 && end && *end == 0) {
         __atomic_store_n(&d->fault_timeout_us, (int64_t)(v * 1e6), __ATOMIC_RELAXED);
     } else {
-        control_reply_error(cl, "usage: policy background on|off | policy bandwidth MIB_PER_S "
-                                "(0 = unlimited) | policy fault-timeout SECONDS");
+        control_reply_error(cl, "usage: policy background on|off | policy land on|off | "
+                                "policy bandwidth MIB_PER_S (0 = unlimited) | "
+                                "policy fault-timeout SECONDS");
         return;
     }
     cmd_status(cl, 0, NULL, d);
@@ -414,18 +390,16 @@ void dest_register_commands(Dest *d, ControlServer *cs)
     control_register(cs, "wait-all-local", "wait-all-local: answer (with the status) once every "
                      "mapped page is local", cmd_wait_all_local, d);
     control_register(cs, "slot-states", "slot-states FIRST COUNT: one letter per slot, E(mpty) "
-                     "L(ocal) R(emote) M(arker)", cmd_slot_states, d);
+                     "L(ocal) R(emote) M(arker) D (landed)", cmd_slot_states, d);
     control_register(cs, "markers", "markers COOKIE_HEX | off: recognise swapstub's marker "
                      "pages with this cookie (while arming)", cmd_markers, d);
     control_register(cs, "device", "device [PATH]: record or show the block device carrying "
                      "this export", cmd_device, d);
-    control_register(cs, "policy", "policy background on|off | bandwidth MIB_PER_S | "
-                     "fault-timeout SECONDS", cmd_policy, d);
+    control_register(cs, "policy", "policy background on|off | land on|off | bandwidth "
+                     "MIB_PER_S | fault-timeout SECONDS", cmd_policy, d);
 }
 
 /* ---- lifecycle ---------------------------------------------------------- */
-
-static void entry_free_key(gpointer k) { g_free(k); }
 
 Dest *dest_new(PageStore *ps, const char *src, bool src_later, double fault_timeout_s,
                GError **error)
@@ -433,9 +407,7 @@ Dest *dest_new(PageStore *ps, const char *src, bool src_later, double fault_time
     Dest *d = g_new0(Dest, 1);
     d->ps = ps;
     d->pullers = g_ptr_array_new_full(DEST_MAX_EXPORTS, (GDestroyNotify)puller_free);
-    g_mutex_init(&d->lock);
-    g_cond_init(&d->cond);
-    d->demand = g_hash_table_new_full(g_int64_hash, g_int64_equal, entry_free_key, NULL);
+    d->demand = demand_table_new(DEST_PARKED_MAX);
     d->background = true;
     d->fault_timeout_us = (int64_t)(fault_timeout_s * 1e6);
     if (!source_split_address(src, &d->host, &d->port, error)) {
@@ -460,9 +432,8 @@ void dest_stop(Dest *d)
 {
     if (!d)
         return;
-    g_mutex_lock(&d->lock);
-    d->stopping = true;
-    g_mutex_unlock(&d->lock);
+    __atomic_store_n(&d->stopping, true, __ATOMIC_RELAXED);
+    demand_table_stop(d->demand);
     for (guint i = 0; i < d->pullers->len; i++)
         puller_stop(g_ptr_array_index(d->pullers, i));
 }
@@ -482,11 +453,9 @@ void dest_free(Dest *d)
         control_client_unref(l->data);
     }
     g_list_free(d->waiters);
-    g_hash_table_unref(d->demand);
+    demand_table_free(d->demand);
     if (d->source_sizes)
         g_hash_table_unref(d->source_sizes);
-    g_mutex_clear(&d->lock);
-    g_cond_clear(&d->cond);
     g_free(d->host);
     g_free(d->port);
     g_free(d->device);

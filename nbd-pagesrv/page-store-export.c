@@ -53,10 +53,10 @@ static bool pse_read_may_block(Export *e, uint32_t len, uint64_t off)
     PageStore *ps = store(e);
     PageStoreCounts c;
     page_store_counts(ps, &c);
-    if (c.remote_pages == 0)
+    if (c.remote_pages == 0 && c.landed_pages == 0)
         return false;
     for (uint64_t s = off >> PAGE_SHIFT_BITS; s <= (off + len - 1) >> PAGE_SHIFT_BITS; s++)
-        if (page_store_slot_kind(ps, s) == SLOT_REMOTE)
+        if (slot_kind_on_source(page_store_slot_kind(ps, s)))
             return true;
     return false;
 }
@@ -68,10 +68,11 @@ static void pse_stats_json(Export *e, GString *out)
     g_string_append_printf(out,
         "{\"slots\":%" G_GUINT64_FORMAT ",\"local\":%" G_GUINT64_FORMAT
         ",\"ram_pages\":%" G_GUINT64_FORMAT ",\"file_pages\":%" G_GUINT64_FORMAT
-        ",\"remote_pages\":%" G_GUINT64_FORMAT ",\"marker_pages\":%" G_GUINT64_FORMAT
+        ",\"remote_pages\":%" G_GUINT64_FORMAT ",\"landed_pages\":%" G_GUINT64_FORMAT
+        ",\"marker_pages\":%" G_GUINT64_FORMAT
         ",\"pool_pages\":%" G_GUINT64_FORMAT ",\"prealloc_done\":%s}",
         c.slots, c.ram_pages + c.file_pages, c.ram_pages, c.file_pages, c.remote_pages,
-        c.marker_pages, c.pool_pages, c.prealloc_done ? "true" : "false");
+        c.landed_pages, c.marker_pages, c.pool_pages, c.prealloc_done ? "true" : "false");
 }
 
 static void pse_destroy(Export *e)

@@ -60,7 +60,8 @@ struct PageStore {
     unsigned cluster;
     void *fetch_opaque;
 
-    uint64_t n_ram, n_file, n_remote, n_marker;   /* atomics */
+    uint64_t n_ram, n_file, n_remote, n_marker, n_landed;   /* atomics */
+    bool landing;                                 /* atomic */
     bool markers_on;                              /* atomic */
     uint64_t marker_cookie;                       /* atomic */
 };
@@ -337,6 +338,9 @@ static void slot_forget(PageStore *ps, uint64_t s)
     case SLOT_MARKER:
         __atomic_sub_fetch(&ps->n_marker, 1, __ATOMIC_RELAXED);
         break;
+    case SLOT_LANDED:
+        __atomic_sub_fetch(&ps->n_landed, 1, __ATOMIC_RELAXED);
+        break;
     case SLOT_EMPTY:
         break;
     }
@@ -438,9 +442,10 @@ static int slot_load(PageStore *ps, uint64_t s, unsigned in, unsigned len, unsig
         return 0;
     }
     case SLOT_REMOTE:
+    case SLOT_LANDED:
         break;
     }
-    g_assert_not_reached();  /* callers resolve REMOTE slots first */
+    g_assert_not_reached();  /* callers resolve REMOTE and LANDED slots first */
 }
 
 /* Slot s is REMOTE: fetch it (without the lock), install it if the slot is
@@ -470,6 +475,18 @@ static int resolve_remote(PageStore *ps, uint64_t s, GMutex *lock, unsigned char
         return 0;
     if (err)
         return err;
+    /* Landing: the kernel keeps this page now; a zero page costs nothing to
+     * keep, and then is never fetched again. */
+    if (__atomic_load_n(&ps->landing, __ATOMIC_RELAXED) && !page_is_zero(tmp)) {
+        if (kind_of(e) == SLOT_REMOTE) {
+            __atomic_sub_fetch(&ps->n_remote, 1, __ATOMIC_RELAXED);
+            __atomic_add_fetch(&ps->n_landed, 1, __ATOMIC_RELAXED);
+            ps->slot[s] = make_entry(SLOT_LANDED, payload_of(e));
+        }
+        memcpy(page_out, tmp, PAGE_SIZE_BYTES);
+        *served = true;
+        return 0;
+    }
     if (slot_store(ps, s, tmp) != 0) {
         memcpy(page_out, tmp, PAGE_SIZE_BYTES);
         *served = true;
@@ -485,7 +502,7 @@ static int slot_read(PageStore *ps, uint64_t s, GMutex *lock, unsigned in, unsig
 {
     bool served = false;
     int err = 0;
-    while (!err && !served && kind_of(ps->slot[s]) == SLOT_REMOTE)
+    while (!err && !served && slot_kind_on_source(kind_of(ps->slot[s])))
         err = resolve_remote(ps, s, lock, page, &served);
     if (err)
         return err;
@@ -621,6 +638,7 @@ void page_store_counts(PageStore *ps, PageStoreCounts *out)
     out->ram_pages = __atomic_load_n(&ps->n_ram, __ATOMIC_RELAXED);
     out->file_pages = __atomic_load_n(&ps->n_file, __ATOMIC_RELAXED);
     out->remote_pages = __atomic_load_n(&ps->n_remote, __ATOMIC_RELAXED);
+    out->landed_pages = __atomic_load_n(&ps->n_landed, __ATOMIC_RELAXED);
     out->marker_pages = __atomic_load_n(&ps->n_marker, __ATOMIC_RELAXED);
     g_mutex_lock(&ps->pool_lock);
     out->pool_pages = MIN(ps->nchunks * POOL_CHUNK_PAGES, ps->pool_max);
@@ -655,14 +673,14 @@ static void prefetch_window(PageStore *ps, uint64_t first, uint64_t last)
 {
     bool faults = false;
     for (uint64_t s = first; s <= last && !faults; s++)
-        faults = kind_of(__atomic_load_n(&ps->slot[s], __ATOMIC_RELAXED)) == SLOT_REMOTE;
+        faults = slot_kind_on_source(kind_of(__atomic_load_n(&ps->slot[s], __ATOMIC_RELAXED)));
     if (!faults || !ps->prefetch)
         return;
     uint64_t lo = first - first % ps->cluster;
     uint64_t hi = MIN(ps->nslots - 1, last - last % ps->cluster + ps->cluster - 1);
     for (uint64_t s = lo; s <= hi; s++) {
         uint64_t e = __atomic_load_n(&ps->slot[s], __ATOMIC_RELAXED);
-        if (kind_of(e) != SLOT_REMOTE)
+        if (!slot_kind_on_source(kind_of(e)))
             continue;
         unsigned export_id;
         uint64_t page;
@@ -684,6 +702,16 @@ bool page_store_map_remote(PageStore *ps, uint64_t slot, unsigned export_id, uin
     return true;
 }
 
+void page_store_set_landing(PageStore *ps, bool on)
+{
+    __atomic_store_n(&ps->landing, on, __ATOMIC_RELAXED);
+}
+
+bool page_store_landing(PageStore *ps)
+{
+    return __atomic_load_n(&ps->landing, __ATOMIC_RELAXED);
+}
+
 SlotKind page_store_slot_kind(PageStore *ps, uint64_t slot)
 {
     return kind_of(__atomic_load_n(&ps->slot[slot], __ATOMIC_RELAXED));
@@ -692,7 +720,8 @@ SlotKind page_store_slot_kind(PageStore *ps, uint64_t slot)
 void page_store_slot_letters(PageStore *ps, uint64_t first, uint64_t n, char *out)
 {
     static const char letter[] = { [SLOT_EMPTY] = 'E', [SLOT_RAM] = 'L', [SLOT_FILE] = 'L',
-                                   [SLOT_REMOTE] = 'R', [SLOT_MARKER] = 'M' };
+                                   [SLOT_REMOTE] = 'R', [SLOT_MARKER] = 'M',
+                                   [SLOT_LANDED] = 'D' };
     for (uint64_t i = 0; i < n; i++)
         out[i] = letter[kind_of(__atomic_load_n(&ps->slot[first + i], __ATOMIC_RELAXED))];
 }

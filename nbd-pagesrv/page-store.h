@@ -6,7 +6,11 @@
  *   REMOTE  page P of source export E, not fetched yet (dest.c fills
  *           these in; page_store_read() hands them to the fetcher);
  *   MARKER  swapstub's arming marker for region page I (nothing stored:
- *           the content is regenerated, flagged as read from the device).
+ *           the content is regenerated, flagged as read from the device);
+ *   LANDED  page P of source export E, handed to the kernel once in landing
+ *           mode and not kept: the kernel holds it now (swap cache or mapped).
+ *           Should the kernel drop its clean copy and read the slot again,
+ *           it is fetched from the source again.
  * Requests may be unaligned; whole-page writes of zeros become EMPTY. */
 #ifndef SWAPCOPY_PAGE_STORE_H
 #define SWAPCOPY_PAGE_STORE_H
@@ -24,7 +28,14 @@ typedef enum {
     SLOT_FILE = 2,
     SLOT_REMOTE = 3,
     SLOT_MARKER = 4,
+    SLOT_LANDED = 5,
 } SlotKind;
+
+/* Slots whose content only the source has. */
+static inline bool slot_kind_on_source(SlotKind k)
+{
+    return k == SLOT_REMOTE || k == SLOT_LANDED;
+}
 
 typedef struct PageStore PageStore;
 
@@ -39,6 +50,7 @@ typedef struct {
     uint64_t ram_pages;
     uint64_t file_pages;
     uint64_t remote_pages;       /* mapped to the source, not yet local */
+    uint64_t landed_pages;       /* handed to the kernel, not kept (landing mode) */
     uint64_t marker_pages;       /* armed, not mapped yet */
     uint64_t pool_pages;         /* RAM pool mapped so far (used or not) */
     bool prealloc_done;          /* --mem-prealloc finished (or not asked for) */
@@ -76,7 +88,13 @@ void page_store_set_fetcher(PageStore *ps, PageFetchFn fetch, PagePrefetchFn pre
  * local again. Returns false if slot is out of range. */
 bool page_store_map_remote(PageStore *ps, uint64_t slot, unsigned export_id, uint64_t page);
 SlotKind page_store_slot_kind(PageStore *ps, uint64_t slot);
-/* One letter per slot of [first, first+n): E(mpty) L(ocal) R(emote) M(arker). */
+/* Landing mode: a read of a remote slot hands the fetched page to the
+ * reader (the kernel, swapping it in) without storing it, and the slot
+ * becomes LANDED. Off: the page is stored, as for any other reader. */
+void page_store_set_landing(PageStore *ps, bool on);
+bool page_store_landing(PageStore *ps);
+/* One letter per slot of [first, first+n): E(mpty) L(ocal) R(emote) M(arker)
+ * D (landed: delivered to the kernel, not kept). */
 void page_store_slot_letters(PageStore *ps, uint64_t first, uint64_t n, char *out);
 /* Install fetched data for a slot that is still REMOTE for (export_id,
  * page); does nothing if the slot has changed meanwhile. Returns true if

@@ -16,7 +16,8 @@
 #include "dest-internal.h"
 #include "source-conn.h"
 
-#define DEMAND_DEPTH 64
+#define DEMAND_DEPTH_PAGES 4096       /* 16 MiB of demand reads in flight at most */
+#define DEMAND_RUN_PAGES 256           /* 1 MiB per source read at most */
 #define STREAM_CHUNK_PAGES 64          /* 256 KiB per background request */
 #define STREAM_DEPTH 16                /* per lane */
 #define STREAM_DEPTH_UNDER_FAULTS 2    /* all lanes together: leave the link to the faults */
@@ -85,27 +86,35 @@ static void lost(Puller *p, struct nbd_handle **h, const char *role, bool *conne
 
 /* ---- demand ---------------------------------------------------------- */
 
+/* One source read for a run of consecutive pages: the kernel's swap-ins
+ * come as ranges (a merged request, its readahead window), and one 1 MiB
+ * read costs the source far less than 256 of 4 KiB. */
 typedef struct {
-    DemandEntry *e;
+    DemandEntry *e[DEMAND_RUN_PAGES];
+    guint n;
+    unsigned char *buf;
     int err;
     bool completed;
-} DemandOp;
+} DemandRun;
 
-static int demand_done(void *user_data, int *error)
+static int demand_run_done(void *user_data, int *error)
 {
-    DemandOp *op = user_data;
-    op->completed = true;
-    op->err = *error;
+    DemandRun *r = user_data;
+    r->completed = true;
+    r->err = *error;
     return 1;
 }
 
-/* Install the page, wake the readers, drop the thread's reference. */
-static void demand_finish(Puller *p, DemandEntry *e, int err)
+/* Install the page (unless landing: then the reader takes it, or it is
+ * parked for the reader to come) and hand it to the table. */
+static void demand_finish(Puller *p, DemandEntry *e, const unsigned char *data, int err)
 {
     Dest *d = p->dest;
+    bool landing = dest_landing(d);
     if (!err) {
+        memcpy(e->data, data, PAGE_SIZE_BYTES);
         uint64_t slot = p->rev[e->page];
-        if (slot)
+        if (slot && !landing)
             page_store_fill_remote(d->ps, slot - 1, p->id, e->page, e->data);
         __atomic_add_fetch(&d->demand_pages, 1, __ATOMIC_RELAXED);
         __atomic_add_fetch(&d->bytes_fetched, PAGE_SIZE_BYTES, __ATOMIC_RELAXED);
@@ -115,15 +124,28 @@ static void demand_finish(Puller *p, DemandEntry *e, int err)
         g_warning("the source answered error '%s' for page %" G_GUINT64_FORMAT " of export "
                   "'%s': the faulting reader gets EIO", g_strerror(err), e->page, p->name);
     }
-    g_mutex_lock(&d->lock);
-    e->done = true;
-    e->err = err;
-    g_hash_table_remove(d->demand, &(uint64_t){ demand_key(p->id, e->page) });
-    g_cond_broadcast(&d->cond);
-    bool last = --e->refs == 0;
-    g_mutex_unlock(&d->lock);
-    if (last)
-        g_free(e);
+    demand_table_done(d->demand, e, err, landing);
+}
+
+static void demand_run_finish(Puller *p, DemandRun *r, int err)
+{
+    for (guint i = 0; i < r->n; i++)
+        demand_finish(p, r->e[i], err ? NULL : r->buf + (size_t)i * PAGE_SIZE_BYTES, err);
+    g_free(r->buf);
+    g_free(r);
+}
+
+/* Group taken entries into runs of consecutive pages, in the order taken. */
+static void make_runs(DemandEntry **es, guint n, GPtrArray *runs)
+{
+    DemandRun *r = NULL;
+    for (guint i = 0; i < n; i++) {
+        if (!r || r->n == DEMAND_RUN_PAGES || es[i]->page != r->e[r->n - 1]->page + 1) {
+            r = g_new0(DemandRun, 1);
+            g_ptr_array_add(runs, r);
+        }
+        r->e[r->n++] = es[i];
+    }
 }
 
 static gpointer demand_main(gpointer data)
@@ -131,70 +153,69 @@ static gpointer demand_main(gpointer data)
     Puller *p = data;
     Dest *d = p->dest;
     struct nbd_handle *h = NULL;
-    g_autoptr(GPtrArray) ops = g_ptr_array_new();   /* DemandOp*, sent on h */
+    g_autoptr(GPtrArray) runs = g_ptr_array_new();   /* DemandRun*, sent on h */
+    g_autoptr(GPtrArray) fresh = g_ptr_array_new();
+    DemandEntry **taken = g_new(DemandEntry *, DEMAND_DEPTH_PAGES);
+    guint inflight_pages = 0;
 
     while (!stopping(p)) {
-        if (!h && !(h = connect_retry(p, "demand", &p->demand_connected, p->demand_wake)))
+        if (!h && !(h = connect_retry(p, "demand", &p->demand_connected, p->demand.wake)))
             break;
-        GPtrArray *send = g_ptr_array_new();
-        g_mutex_lock(&d->lock);
-        while (ops->len + send->len < DEMAND_DEPTH && !g_queue_is_empty(&p->demand_queue))
-            g_ptr_array_add(send, g_queue_pop_head(&p->demand_queue));
-        g_mutex_unlock(&d->lock);
+        guint n = inflight_pages < DEMAND_DEPTH_PAGES
+                      ? demand_table_take(d->demand, &p->demand, DEMAND_DEPTH_PAGES - inflight_pages, taken)
+                      : 0;
+        g_ptr_array_set_size(fresh, 0);
+        make_runs(taken, n, fresh);
         bool broken = false;
-        for (guint i = 0; i < send->len; i++) {
-            DemandOp *op = g_new0(DemandOp, 1);
-            op->e = g_ptr_array_index(send, i);
-            g_ptr_array_add(ops, op);
-            if (!broken && nbd_aio_pread(h, op->e->data, PAGE_SIZE_BYTES,
-                                         op->e->page * PAGE_SIZE_BYTES,
-                                         (nbd_completion_callback){ .callback = demand_done,
-                                                                    .user_data = op },
+        for (guint i = 0; i < fresh->len; i++) {
+            DemandRun *r = g_ptr_array_index(fresh, i);
+            r->buf = g_malloc((size_t)r->n * PAGE_SIZE_BYTES);
+            g_ptr_array_add(runs, r);
+            inflight_pages += r->n;
+            if (!broken && nbd_aio_pread(h, r->buf, (size_t)r->n * PAGE_SIZE_BYTES,
+                                         r->e[0]->page * PAGE_SIZE_BYTES,
+                                         (nbd_completion_callback){ .callback = demand_run_done,
+                                                                    .user_data = r },
                                          0) < 0)
                 broken = true;
         }
-        g_ptr_array_unref(send);
-        if (!broken && source_poll(h, p->demand_wake, ops->len ? 100 : 200) < 0)
+        if (!broken && source_poll(h, p->demand.wake, runs->len ? 100 : 200) < 0)
             broken = true;
 
-        for (guint i = 0; i < ops->len;) {
-            DemandOp *op = g_ptr_array_index(ops, i);
-            if (op->completed && !(op->err && source_error_is_connection(op->err))) {
-                demand_finish(p, op->e, op->err);
-                g_free(g_ptr_array_steal_index_fast(ops, i));
+        for (guint i = 0; i < runs->len;) {
+            DemandRun *r = g_ptr_array_index(runs, i);
+            if (r->completed && !(r->err && source_error_is_connection(r->err))) {
+                inflight_pages -= r->n;
+                g_ptr_array_remove_index(runs, i);
+                demand_run_finish(p, r, r->err);
             } else {
                 i++;
             }
         }
         if (broken) {
             /* nbd_close retires every command: after it no callback runs,
-             * so what is still in ops is sent again on the next connection. */
+             * so what is still in runs is sent again on the next connection. */
             lost(p, &h, "demand", &p->demand_connected);
-            g_mutex_lock(&d->lock);
-            for (guint i = ops->len; i-- > 0;)
-                g_queue_push_head(&p->demand_queue, ((DemandOp *)g_ptr_array_index(ops, i))->e);
-            g_mutex_unlock(&d->lock);
-            for (guint i = 0; i < ops->len; i++)
-                g_free(g_ptr_array_index(ops, i));
-            g_ptr_array_set_size(ops, 0);
+            for (guint i = runs->len; i-- > 0;) {
+                DemandRun *r = g_ptr_array_index(runs, i);
+                demand_table_requeue(d->demand, &p->demand, r->e, r->n);
+                g_free(r->buf);
+                g_free(r);
+            }
+            g_ptr_array_set_size(runs, 0);
+            inflight_pages = 0;
         }
     }
     if (h)
         nbd_close(h);
     /* Stopping: fail whatever is left so no reader waits for us. */
-    for (guint i = 0; i < ops->len; i++) {
-        DemandOp *op = g_ptr_array_index(ops, i);
-        demand_finish(p, op->e, ESHUTDOWN);
-        g_free(op);
-    }
-    g_mutex_lock(&d->lock);
-    GList *left = p->demand_queue.head;
-    p->demand_queue.head = p->demand_queue.tail = NULL;
-    p->demand_queue.length = 0;
-    g_mutex_unlock(&d->lock);
+    for (guint i = 0; i < runs->len; i++)
+        demand_run_finish(p, g_ptr_array_index(runs, i), ESHUTDOWN);
+    GList *left = demand_table_take_all(d->demand, &p->demand);
     for (GList *l = left; l; l = l->next)
-        demand_finish(p, l->data, ESHUTDOWN);
+        demand_finish(p, l->data, NULL, ESHUTDOWN);
     g_list_free(left);
+    g_free(taken);
     __atomic_store_n(&p->demand_connected, false, __ATOMIC_RELEASE);
     return NULL;
 }
@@ -329,7 +350,9 @@ static Chunk *next_chunk(StreamLane *l, struct nbd_handle *h, StatusWindow *w, u
                 last = pg + 1;
             }
         }
-        if (first >= last)
+        /* Landing: the kernel reads the data pages itself (through the
+         * device, which fetches them); the stream only settles zero ones. */
+        if (first >= last || dest_landing(p->dest))
             continue;
         *next += STREAM_LANES;
         Chunk *c = g_new0(Chunk, 1);
@@ -375,10 +398,7 @@ static void chunk_free(Chunk *c)
 static unsigned stream_depth(StreamLane *l)
 {
     Dest *d = l->puller->dest;
-    g_mutex_lock(&d->lock);
-    bool faults = g_hash_table_size(d->demand) > 0;
-    g_mutex_unlock(&d->lock);
-    if (!faults)
+    if (!demand_table_faults_pending(d->demand))
         return STREAM_DEPTH;
     return l->index < STREAM_DEPTH_UNDER_FAULTS ? 1 : 0;
 }
@@ -527,8 +547,9 @@ Puller *puller_new(Dest *d, unsigned id, const char *name, uint64_t size, GError
     p->name = g_strdup(name);
     p->size = size;
     p->pages = size / PAGE_SIZE_BYTES;
-    p->demand_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    bool fds_ok = p->demand_wake >= 0;
+    g_queue_init(&p->demand.entries);
+    p->demand.wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    bool fds_ok = p->demand.wake >= 0;
     for (unsigned i = 0; i < STREAM_LANES; i++) {
         p->lanes[i] = (StreamLane){ .puller = p, .index = i,
                                     .wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) };
@@ -581,7 +602,7 @@ void puller_stop(Puller *p)
     if (!p->demand_thread)
         return;
     __atomic_store_n(&p->stop, true, __ATOMIC_RELEASE);
-    wake_fd_signal(p->demand_wake);
+    wake_fd_signal(p->demand.wake);
     puller_wake_stream(p);
     g_thread_join(p->demand_thread);
     p->demand_thread = NULL;
@@ -598,8 +619,8 @@ void puller_free(Puller *p)
     puller_stop(p);
     if (p->rev)
         munmap(p->rev, MAX((size_t)p->pages, 1) * sizeof(uint64_t));
-    if (p->demand_wake >= 0)
-        close(p->demand_wake);
+    if (p->demand.wake >= 0)
+        close(p->demand.wake);
     for (unsigned i = 0; i < STREAM_LANES; i++)
         if (p->lanes[i].wake >= 0)
             close(p->lanes[i].wake);
