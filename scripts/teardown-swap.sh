@@ -37,10 +37,10 @@ blockdev_detach "$state" || rc=1
 
 if [ -f "$state/pagesrv.pid" ]; then
     pid=$(cat "$state/pagesrv.pid")
-    if kill -0 "$pid" 2>/dev/null; then
+    if blockdev_pid_running "$pid"; then
         kill -TERM "$pid"
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then
+        for _ in $(seq 250); do blockdev_pid_running "$pid" || break; sleep 0.02; done
+        if blockdev_pid_running "$pid"; then
             echo "teardown-swap: nbd-pagesrv ($pid) ignored SIGTERM; killing it" >&2
             kill -KILL "$pid" 2>/dev/null
         fi

@@ -36,6 +36,16 @@
 
 _blockdev_err() { echo "blockdev: $*" >&2; }
 
+# blockdev_pid_running PID: the process exists and has not exited. kill -0
+# alone also succeeds on a zombie, and a daemon started by setup-swap.sh
+# stays one until whoever inherited it reaps it: waiting on kill -0 cost
+# teardown seconds per daemon.
+blockdev_pid_running() {
+    local st
+    st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) || return 1
+    [ -n "$st" ] && [ "${st%% *}" != Z ]
+}
+
 # /proc/mounts escapes space, tab, newline and backslash in octal.
 _blockdev_mounted() {
     local esc=$1
@@ -205,9 +215,9 @@ _blockdev_detach_loop() {
     fi
     # losetup -d on an open device only marks it for autoclear: wait until
     # it is really gone, so that the FUSE mount is free to go.
-    for (( i = 0; i < 50; i++ )); do
+    for (( i = 0; i < 250; i++ )); do
         losetup -n -O BACK-FILE "$dev" 2>/dev/null | grep -qxF "$back" || return 0
-        sleep 0.1
+        sleep 0.02
     done
     _blockdev_err "$dev still uses $back 5 s after losetup -d: something holds it open (see lsof $dev)"
     return 1
@@ -229,12 +239,12 @@ _blockdev_detach_fuse() {
     fi
     pid=$(cat "$state/nbdfuse.pid" 2>/dev/null) || pid=""
     if [ -n "$pid" ]; then
-        for (( i = 0; i < 50; i++ )); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
+        for (( i = 0; i < 250; i++ )); do
+            blockdev_pid_running "$pid" || break
+            sleep 0.02
         done
         # Only if that pid is still our nbdfuse (pids are reused).
-        if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "nbdfuse -P $state/nbdfuse.pid"; then
+        if blockdev_pid_running "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "nbdfuse -P $state/nbdfuse.pid"; then
             _blockdev_err "nbdfuse ($pid) did not exit after the unmount; killing it"
             kill -KILL "$pid" 2>/dev/null
         fi
