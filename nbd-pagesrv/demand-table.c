@@ -65,7 +65,11 @@ void demand_table_free(DemandTable *t)
 
 /* The entry for key, queued for the demand thread if it is new. Caller
  * holds the lock. */
-static DemandEntry *get(DemandTable *t, DemandQueue *q, uint64_t key, uint64_t page)
+/* The entry for key, queued for the demand thread if it is new: at the
+ * tail, or (urgent) just after `*front`, the last urgent one queued by
+ * the same call. Caller holds the lock. */
+static DemandEntry *get(DemandTable *t, DemandQueue *q, uint64_t key, uint64_t page,
+                        GList **front)
 {
     DemandEntry *e = g_hash_table_lookup(t->entries, &key);
     if (e)
@@ -77,7 +81,15 @@ static DemandEntry *get(DemandTable *t, DemandQueue *q, uint64_t key, uint64_t p
     e->refs = 1;                               /* the demand thread's */
     e->link.data = e;
     g_hash_table_insert(t->entries, &e->key, e);
-    g_queue_push_tail(&q->entries, e);
+    if (front && *front) {
+        g_queue_insert_after(&q->entries, *front, e);
+        *front = (*front)->next;
+    } else if (front) {
+        g_queue_push_head(&q->entries, e);
+        *front = q->entries.head;
+    } else {
+        g_queue_push_tail(&q->entries, e);
+    }
     wake_fd_signal(q->wake);
     return e;
 }
@@ -90,7 +102,7 @@ int demand_table_fetch(DemandTable *t, DemandQueue *q, uint64_t key, uint64_t pa
         g_mutex_unlock(&t->lock);
         return ESHUTDOWN;
     }
-    DemandEntry *e = get(t, q, key, page);
+    DemandEntry *e = get(t, q, key, page, NULL);
     e->refs++;
     while (!e->done && g_cond_wait_until(&t->cond, &t->lock, deadline))
         ;
@@ -107,11 +119,18 @@ int demand_table_fetch(DemandTable *t, DemandQueue *q, uint64_t key, uint64_t pa
     return err;
 }
 
-void demand_table_prefetch(DemandTable *t, DemandQueue *q, uint64_t key, uint64_t page)
+void demand_table_prefetch(DemandTable *t, const DemandWant *want, size_t n, bool urgent)
 {
     g_mutex_lock(&t->lock);
-    if (!t->stopping)
-        get(t, q, key, page);
+    GList *front = NULL;
+    DemandQueue *front_q = NULL;
+    for (size_t i = 0; i < n && !t->stopping; i++) {
+        if (want[i].q != front_q) {           /* another export's queue */
+            front = NULL;
+            front_q = want[i].q;
+        }
+        get(t, want[i].q, want[i].key, want[i].page, urgent ? &front : NULL);
+    }
     g_mutex_unlock(&t->lock);
 }
 

@@ -49,8 +49,14 @@ void demand_table_stop(DemandTable *t);
  * ESHUTDOWN, or the source's error. */
 int demand_table_fetch(DemandTable *t, DemandQueue *q, uint64_t key, uint64_t page,
                        gint64 deadline, void *dst);
-/* The page will probably be read soon: queue it without waiting. */
-void demand_table_prefetch(DemandTable *t, DemandQueue *q, uint64_t key, uint64_t page);
+typedef struct {
+    DemandQueue *q;                /* its export's */
+    uint64_t key, page;
+} DemandWant;
+/* These pages will probably be read soon: queue them without waiting, all
+ * at once, so that the demand thread sees consecutive ones together; at
+ * the front if urgent (a fault, not a batch), still in this order. */
+void demand_table_prefetch(DemandTable *t, const DemandWant *want, size_t n, bool urgent);
 
 /* For the demand thread: up to max entries from q, oldest first. */
 guint demand_table_take(DemandTable *t, DemandQueue *q, guint max, DemandEntry **out);

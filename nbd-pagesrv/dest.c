@@ -42,14 +42,19 @@ static int dest_fetch(void *opaque, unsigned export_id, uint64_t page, void *dst
     return err;
 }
 
-/* PagePrefetchFn: the kernel will soon read these slots (its swap
- * readahead); ask for them now, without waiting. */
-static void dest_prefetch(void *opaque, unsigned export_id, uint64_t page)
+/* PagePrefetchFn: the kernel will soon read these slots (the rest of its
+ * request, its swap readahead); ask for them now, without waiting. */
+static void dest_prefetch(void *opaque, const RemotePage *pages, size_t n, bool urgent)
 {
     Dest *d = opaque;
-    Puller *p = dest_puller(d, export_id);
-    if (p)
-        demand_table_prefetch(d->demand, &p->demand, demand_key(p->id, page), page);
+    g_autofree DemandWant *want = g_new(DemandWant, n);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        Puller *p = dest_puller(d, pages[i].export_id);
+        if (p)
+            want[k++] = (DemandWant){ &p->demand, demand_key(p->id, pages[i].page), pages[i].page };
+    }
+    demand_table_prefetch(d->demand, want, k, urgent);
 }
 
 /* ---- mapping ------------------------------------------------------------ */

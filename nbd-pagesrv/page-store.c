@@ -17,6 +17,7 @@
 #define REMOTE_EXPORT_SHIFT 48
 #define REMOTE_PAGE_MASK ((UINT64_C(1) << REMOTE_EXPORT_SHIFT) - 1)
 #define POOL_CHUNK_PAGES 512          /* RAM pool grows 2 MiB at a time */
+#define URGENT_READ_PAGES 16          /* reads of up to 64 KiB: a fault, not a batch */
 #define STRIPES 256                   /* slot locks: slot i uses lock i % STRIPES */
 
 static inline SlotKind kind_of(uint64_t e) { return (SlotKind)(e >> KIND_SHIFT); }
@@ -668,7 +669,8 @@ static void remote_ref(uint64_t e, unsigned *export_id, uint64_t *page)
 }
 
 /* A read about to fault: ask for every remote slot of it, and of the
- * readahead window around it, before waiting for the first one. */
+ * readahead window around it, before waiting for the first one. A small
+ * read goes to the front of the queue. */
 static void prefetch_window(PageStore *ps, uint64_t first, uint64_t last)
 {
     bool faults = false;
@@ -676,17 +678,20 @@ static void prefetch_window(PageStore *ps, uint64_t first, uint64_t last)
         faults = slot_kind_on_source(kind_of(__atomic_load_n(&ps->slot[s], __ATOMIC_RELAXED)));
     if (!faults || !ps->prefetch)
         return;
+    bool urgent = last - first < URGENT_READ_PAGES;
     uint64_t lo = first - first % ps->cluster;
     uint64_t hi = MIN(ps->nslots - 1, last - last % ps->cluster + ps->cluster - 1);
+    g_autofree RemotePage *want = g_new(RemotePage, hi - lo + 1);
+    size_t n = 0;
     for (uint64_t s = lo; s <= hi; s++) {
         uint64_t e = __atomic_load_n(&ps->slot[s], __ATOMIC_RELAXED);
-        if (!slot_kind_on_source(kind_of(e)))
+        /* A landed neighbour is the kernel's already: it will not read it. */
+        if (kind_of(e) != SLOT_REMOTE && !(kind_of(e) == SLOT_LANDED && s >= first && s <= last))
             continue;
-        unsigned export_id;
-        uint64_t page;
-        remote_ref(e, &export_id, &page);
-        ps->prefetch(ps->fetch_opaque, export_id, page);
+        remote_ref(e, &want[n].export_id, &want[n].page);
+        n++;
     }
+    ps->prefetch(ps->fetch_opaque, want, n, urgent);
 }
 
 bool page_store_map_remote(PageStore *ps, uint64_t slot, unsigned export_id, uint64_t page)

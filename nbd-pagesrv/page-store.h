@@ -42,8 +42,16 @@ typedef struct PageStore PageStore;
 /* Fetches remote page `page` of source export `export_id` into dst (4 KiB).
  * Called without any store lock held; may block. Returns 0 or an errno. */
 typedef int (*PageFetchFn)(void *opaque, unsigned export_id, uint64_t page, void *dst);
-/* Asks for a remote page that will probably be read soon; never blocks. */
-typedef void (*PagePrefetchFn)(void *opaque, unsigned export_id, uint64_t page);
+/* A page of a source export. */
+typedef struct {
+    unsigned export_id;
+    uint64_t page;
+} RemotePage;
+/* Asks for remote pages that will probably be read soon, all at once (so
+ * that consecutive ones can travel in one source read); never blocks.
+ * urgent: a small read, likely a fault the process waits on, which goes
+ * ahead of the big batches of a kernel pulling the region in. */
+typedef void (*PagePrefetchFn)(void *opaque, const RemotePage *pages, size_t n, bool urgent);
 
 typedef struct {
     uint64_t slots;

@@ -806,3 +806,70 @@ print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))'
     [ -S "$T/d.sock" ]
     grep -q "on tmpfs.*set TMPDIR or --store" "$T/tmpdir.log"
 }
+
+@test "land: a read hands each page over without keeping it; a second read fetches it again; writes are kept" {
+    mk_src 64
+    SLOTS=$(( PAGES + 64 )) MAP=$T/map
+    "$TESTBIN/pull-plan" --seed "$SEED" "$PAGES" "$SLOTS" >"$MAP"
+    src_start
+    # A pool far smaller than the image: landing must not need one.
+    dst_start "$SLOTS" --mem-limit 4M
+    ctl policy background off >/dev/null
+    [ "$(jfield "$(ctl policy land on)" policy.land)" = true ]
+    map_file "$MAP"
+    mapfile -t data < <(data_pages)
+    ndata=${#data[@]}
+    # Every page read once, as the kernel would swap it in: all right.
+    verify_all
+    st=$(ctl status)
+    echo "after the first read: $st"
+    [ "$(jfield "$st" state)" = landed ]
+    [ "$(jfield "$st" pages.remote)" -eq 0 ]
+    # Data pages are handed over and not kept; zero pages cost nothing to
+    # keep (empty slots), so only data pages are landed.
+    [ "$(jfield "$st" pages.landed)" -eq "$ndata" ]
+    [ "$(stat_field store.ram_pages)" -eq 0 ]
+    [ "$(stat_field store.file_pages)" -eq 0 ]
+    ctl slot-states "$(slot_of_page "${data[0]}")" 1 | grep -q '"states":"D"'
+    # Each page crossed once: what came from the source is the image, once.
+    first=$(jfield "$st" bytes_fetched)
+    [ "$first" -eq $(( PAGES * 4096 )) ]
+    # The kernel dropped its clean copy and reads again: fetched again, right.
+    verify_all
+    [ "$(status_field bytes_fetched)" -eq $(( first + ndata * 4096 )) ]
+    # A write to a landed slot is the kernel's data from now on.
+    a=$(slot_of_page "${data[7]}")
+    "$TESTBIN/pull-rw" "$URI" write "$a" 171
+    "$TESTBIN/pull-rw" "$URI" check "$a" fill 171
+    ctl slot-states "$a" 1 | grep -q '"states":"L"'
+    [ "$(status_field pages.landed)" -eq $(( ndata - 1 )) ]
+    # The source is needed until no slot is landed; trimming them all (as
+    # the kernel's discards of freed slots do) completes the migration.
+    "$TESTBIN/pull-rw" "$URI" trim 0 "$SLOTS"
+    for (( i = 0; i < 50; i++ )); do [ "$(status_field state)" = complete ] && break; sleep 0.1; done
+    [ "$(status_field state)" = complete ]
+}
+
+@test "land: a batch the kernel reads comes from the source in big reads, not one per page" {
+    mk_src 64 --all-random
+    SLOTS=$PAGES MAP=$T/map
+    echo "0 0 $PAGES" >"$MAP"
+    src_start
+    dst_start "$SLOTS"
+    ctl policy background off >/dev/null
+    ctl policy land on >/dev/null
+    map_file "$MAP"
+    # 1 MiB reads, as a merged swap-in batch arrives: 64 MiB in 64 reads.
+    nbdcopy --connections=1 --request-size=1048576 --requests=4 "$URI" "$T/got.img"
+    cmp "$IMG" "$T/got.img"
+    [ "$(status_field pages.landed)" -eq "$PAGES" ]
+    reqs=$(stat_field requests.read)
+    echo "source: $(grep -o 'requests: read [0-9]*' "$SRC_LOG" || true); device reads $reqs"
+    # The source saw big reads, not one per page: the destination's
+    # statistics at the source's exit tell how many.
+    kill -TERM "$SRC_PID"
+    for (( i = 0; i < 50; i++ )); do grep -q "statistics at exit" "$SRC_LOG" && break; sleep 0.1; done
+    src_reads=$(sed -n 's/.*requests: read \([0-9]*\),.*/\1/p' "$SRC_LOG" | tail -n 1)
+    echo "source reads: $src_reads for $PAGES pages"
+    [ "$src_reads" -le $(( PAGES / 64 )) ]
+}
