@@ -83,6 +83,54 @@ teardown() {
     [ "$(json_get "$st" pages.demand)" -gt 0 ]
 }
 
+@test "land: the region is swapped in at once, each page through the device once, nbd-pagesrv keeping no copy" {
+    source_start 256
+    swap_setup
+    # Streaming off until land mode is on (e2e-workload turns it on after).
+    "$PAGESRV_CTL" "$CONTROL" policy background off >/dev/null
+    run "$TESTBIN/e2e-workload" --control "$CONTROL" --device "$DEVICE" --export mem --mib 256 --sums "$SUMS" --land
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"RESULT: PASS"* ]]
+    [[ "$output" == *"wrong=0"* ]]
+    [[ "$output" == *"pages_on_device_after_finish=0"* ]]
+    st=$("$PAGESRV_CTL" "$CONTROL" status)
+    echo "$st"
+    [ "$(json_get "$st" pages.remote)" -eq 0 ]
+    [ "$(json_get "$st" pages.streamed)" -eq 0 ]
+    region=$(( 256 << 20 ))
+    # No second pass: the device was read about once over the region
+    # (arming reads back a little), and each page came from the source once.
+    read_bytes=$(stat_field_of "$CONTROL" bytes.read)
+    echo "device reads $read_bytes bytes, fetched $(json_get "$st" bytes_fetched), region $region"
+    [ "$read_bytes" -le $(( region * 105 / 100 )) ]
+    [ "$(json_get "$st" bytes_fetched)" -le $(( region * 102 / 100 )) ]
+    # nbd-pagesrv kept no copy of what it handed over (a page the host's
+    # reclaim or DAMON pushed out again is the only thing it stores).
+    [ "$(( $(stat_field_of "$CONTROL" store.ram_pages) + $(stat_field_of "$CONTROL" store.file_pages) ))" -le 655 ]
+    # Its peak memory: at most 64 MiB plus 1 % of the region.
+    hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$(cat "$STATE/pagesrv.pid")/status")
+    echo "nbd-pagesrv VmHWM $hwm kB"
+    [ "$hwm" -le $(( 65536 + 256 * 1024 / 100 )) ]
+    [ "$(stat_field_of "$CONTROL" errors)" -eq 0 ]
+}
+
+@test "land: pages swapped out again while the region lands are stored and come back intact" {
+    source_start 64
+    swap_setup
+    "$PAGESRV_CTL" "$CONTROL" policy background off >/dev/null
+    run "$TESTBIN/e2e-workload" --control "$CONTROL" --device "$DEVICE" --export mem --mib 64 --sums "$SUMS" --land --pressure --seed 5
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"pressure: touched pages paged out again"* ]]
+    [[ "$output" == *"RESULT: PASS"* ]]
+    [[ "$output" == *"pages_on_device_after_finish=0"* ]]
+    # Arming writes one marker per page; the rest is modified pages going
+    # back to the device, which nbd-pagesrv stored.
+    [ "$(stat_field_of "$CONTROL" bytes.written)" -gt $(( (64 << 20) + (4 << 20) )) ]
+    [ "$(stat_field_of "$CONTROL" errors)" -eq 0 ]
+}
+
 @test "swapstub arm --pid: another process's memory, armed from outside, reads the source's pages" {
     source_start 32
     swap_setup

@@ -1,7 +1,7 @@
 /* e2e-workload: the end-to-end proof of issue 4, a lazily migrated process.
  *
  *   e2e-workload --control CTL --device DEV --export NAME --mib N --sums CRCFILE
- *                [--pressure] [--no-convert] [--seed N]
+ *                [--pressure] [--no-convert] [--land] [--seed N]
  *
  * Maps N MiB of private anonymous memory, arms it with libswapstub so that
  * every page lives on the migration source (nbd-pagesrv --export NAME),
@@ -11,7 +11,10 @@
  * --pressure, pages already touched and modified are forced out to the
  * swap device again (MADV_PAGEOUT, the path reclaim takes) while postcopy
  * still runs, and must come back intact. Background conversion runs unless
- * --no-convert. Prints a summary and exits 1 on any wrong byte. */
+ * --no-convert. With --land, nbd-pagesrv is put in land mode and a thread
+ * swaps the whole region in from the start (swapstub_finish without
+ * waiting, as the patched QEMU does) while the work goes on. Prints a
+ * summary and exits 1 on any wrong byte. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +41,7 @@ typedef struct {
 typedef struct {
     SwapStub *s;
     bool stop;
+    bool failed;                  /* --land: the lander could not finish */
     uint64_t converted;
     GMutex lock;
 } Converter;
@@ -131,6 +135,18 @@ static gpointer converter_main(gpointer data)
     return NULL;
 }
 
+/* --land: the whole region swapped in at once, from the start. */
+static gpointer lander_main(gpointer data)
+{
+    Converter *c = data;
+    g_autoptr(GError) err = NULL;
+    if (!swapstub_finish(c->s, false, NULL, NULL, &err)) {
+        fprintf(stderr, "e2e-workload: landing: %s\n", err->message);
+        c->failed = true;
+    }
+    return NULL;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -190,7 +206,7 @@ int main(int argc, char **argv)
 {
     char *control = NULL, *device = NULL, *export_name = NULL, *sums = NULL;
     gint mib = 64, seed = 1;
-    gboolean pressure = FALSE, no_convert = FALSE, thp = FALSE;
+    gboolean pressure = FALSE, no_convert = FALSE, thp = FALSE, land = FALSE;
     GOptionEntry entries[] = {
         { "control", 0, 0, G_OPTION_ARG_FILENAME, &control, "nbd-pagesrv control socket", "P" },
         { "device", 0, 0, G_OPTION_ARG_FILENAME, &device, "swap device", "DEV" },
@@ -199,6 +215,7 @@ int main(int argc, char **argv)
         { "sums", 0, 0, G_OPTION_ARG_FILENAME, &sums, "mkimage checksum list", "FILE" },
         { "seed", 0, 0, G_OPTION_ARG_INT, &seed, "access pattern seed", "N" },
         { "pressure", 0, 0, G_OPTION_ARG_NONE, &pressure, "swap touched pages out again", NULL },
+        { "land", 0, 0, G_OPTION_ARG_NONE, &land, "land mode: swap the region in from the start", NULL },
         { "no-convert", 0, 0, G_OPTION_ARG_NONE, &no_convert, "no background conversion", NULL },
         { "thp", 0, 0, G_OPTION_ARG_NONE, &thp,
           "MADV_HUGEPAGE on the region, as QEMU does for guest RAM", NULL },
@@ -266,7 +283,20 @@ int main(int argc, char **argv)
 
     Converter conv = { .s = s };
     g_mutex_init(&conv.lock);
-    GThread *ct = no_convert ? NULL : g_thread_new("convert", converter_main, &conv);
+    GThread *ct = NULL;
+    if (land) {
+        /* Land mode first: from then on the stream only settles zero
+         * pages, whatever the policy was. */
+        g_autofree char *ok = swapstub_control(control, "policy land on", &error);
+        g_autofree char *bg = ok ? swapstub_control(control, "policy background on", &error) : NULL;
+        if (!bg) {
+            fprintf(stderr, "e2e-workload: %s\n", error->message);
+            return 1;
+        }
+        ct = g_thread_new("land", lander_main, &conv);
+    } else if (!no_convert) {
+        ct = g_thread_new("convert", converter_main, &conv);
+    }
 
     /* Phase 1: random reads, some writes. Phase 2: a sequential sweep.
      * Phase 3 (pressure): modified pages go out again and come back. */
@@ -296,16 +326,20 @@ int main(int argc, char **argv)
         check_page(&w, i);
     uint64_t t_work = now_us();
 
-    g_autofree char *done = swapstub_control(control, "wait-all-local", &error);
-    if (!done) {
+    /* Landing: nothing is ever all local in nbd-pagesrv (it keeps no
+     * copy); the lander's end is the point instead. */
+    g_autofree char *done = land ? NULL : swapstub_control(control, "wait-all-local", &error);
+    if (!land && !done) {
         fprintf(stderr, "e2e-workload: %s\n", error->message);
         return 1;
     }
-    uint64_t t_local = now_us();
     if (ct) {
         __atomic_store_n(&conv.stop, true, __ATOMIC_RELEASE);
         g_thread_join(ct);
     }
+    if (conv.failed)
+        return 1;
+    uint64_t t_local = now_us();
     if (!swapstub_finish(s, false, progress, NULL, &error)) {
         fprintf(stderr, "e2e-workload: finish failed: %s\n", error->message);
         return 1;
