@@ -387,6 +387,24 @@ static void cmd_policy(ControlClient *cl, int argc, char **argv, gpointer data)
     cmd_status(cl, 0, NULL, d);
 }
 
+/* The in-process lander (a patched QEMU) has written every page of its
+ * region (MADV_POPULATE_WRITE), so no landed slot will be read again
+ * without being written first: the source is no longer needed for them. */
+static void cmd_release_landed(ControlClient *cl, int argc, char **argv, gpointer data)
+{
+    (void)argv;
+    Dest *d = data;
+    if (argc != 1) {
+        control_reply_error(cl, "usage: release-landed");
+        return;
+    }
+    uint64_t n = page_store_release_landed(d->ps);
+    g_message("released %" G_GUINT64_FORMAT " landed slots: the kernel holds those pages for good",
+              n);
+    check_completion(d);
+    cmd_status(cl, 0, NULL, d);
+}
+
 void dest_register_commands(Dest *d, ControlServer *cs)
 {
     control_register(cs, "map", "map SLOT EXPORT PAGE COUNT: slots SLOT.. hold pages PAGE.. of "
@@ -400,6 +418,8 @@ void dest_register_commands(Dest *d, ControlServer *cs)
                      "pages with this cookie (while arming)", cmd_markers, d);
     control_register(cs, "device", "device [PATH]: record or show the block device carrying "
                      "this export", cmd_device, d);
+    control_register(cs, "release-landed", "release-landed: no landed slot will be read again "
+                     "(every page of the region was written since); forget them", cmd_release_landed, d);
     control_register(cs, "policy", "policy background on|off | land on|off | bandwidth "
                      "MIB_PER_S | fault-timeout SECONDS", cmd_policy, d);
 }

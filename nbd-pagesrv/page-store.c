@@ -717,6 +717,23 @@ bool page_store_landing(PageStore *ps)
     return __atomic_load_n(&ps->landing, __ATOMIC_RELAXED);
 }
 
+uint64_t page_store_release_landed(PageStore *ps)
+{
+    uint64_t n = 0;
+    for (uint64_t s = 0; s < ps->nslots; s++) {
+        if (kind_of(__atomic_load_n(&ps->slot[s], __ATOMIC_RELAXED)) != SLOT_LANDED)
+            continue;
+        GMutex *lock = lock_for(ps, s);
+        g_mutex_lock(lock);
+        if (kind_of(ps->slot[s]) == SLOT_LANDED) {
+            slot_forget(ps, s);
+            n++;
+        }
+        g_mutex_unlock(lock);
+    }
+    return n;
+}
+
 SlotKind page_store_slot_kind(PageStore *ps, uint64_t slot)
 {
     return kind_of(__atomic_load_n(&ps->slot[slot], __ATOMIC_RELAXED));

@@ -101,6 +101,10 @@ SlotKind page_store_slot_kind(PageStore *ps, uint64_t slot);
  * becomes LANDED. Off: the page is stored, as for any other reader. */
 void page_store_set_landing(PageStore *ps, bool on);
 bool page_store_landing(PageStore *ps);
+/* The kernel will never read a landed slot again (the process wrote every
+ * page it holds, or the device is going away): they become EMPTY.
+ * Returns how many there were. */
+uint64_t page_store_release_landed(PageStore *ps);
 /* One letter per slot of [first, first+n): E(mpty) L(ocal) R(emote) M(arker)
  * D (landed: delivered to the kernel, not kept). */
 void page_store_slot_letters(PageStore *ps, uint64_t first, uint64_t n, char *out);

@@ -43,7 +43,10 @@ teardown() {
     [ "$(json_get "$m" dst.postcopy-swap.state)" = finished ]
     total=$(json_get "$m" dst.postcopy-swap.pages-total)
     [ "$total" -ge 32768 ]   # 128 MiB of RAM plus the firmware's blocks
+    # Landed straight into guest RAM (nothing by the stream), then every
+    # landed slot released: nothing left that needs the source.
     [ "$(json_get "$m" dst.postcopy-swap.pages-local)" -eq "$total" ]
+    [ "$(json_get "$m" dst.postcopy-swap.pages-streamed)" -eq 0 ]
     # The source was paused, so the destination must hold exactly its RAM.
     [ "$(qp_status "$DST_QMP")" = paused ]
     qp_qmp "$DST_QMP" pmemsave '{"val":0,"size":134217728,"filename":"'"$BATS_TEST_TMPDIR/dst.ram"'"}'
