@@ -452,8 +452,9 @@ static int slot_load(PageStore *ps, uint64_t s, unsigned in, unsigned len, unsig
 /* Slot s is REMOTE: fetch it (without the lock), install it if the slot is
  * still the same remote page, and return with the lock held again. The
  * caller re-examines the slot: a write may have got there first. A page
- * that arrived but cannot be stored (full disk) is handed to the caller in
- * `page` with *served set, and its slot stays remote. */
+ * that arrived but cannot be stored (full disk) is left in page_out with
+ * *served set, and its slot stays remote; so is a page handed over in
+ * landing mode. */
 static int resolve_remote(PageStore *ps, uint64_t s, GMutex *lock, unsigned char *page_out,
                           bool *served)
 {
@@ -466,9 +467,8 @@ static int resolve_remote(PageStore *ps, uint64_t s, GMutex *lock, unsigned char
                   "source is connected", s);
         return EIO;
     }
-    g_autofree unsigned char *tmp = g_malloc(PAGE_SIZE_BYTES);
     g_mutex_unlock(lock);
-    int err = ps->fetch(ps->fetch_opaque, export_id, page, tmp);
+    int err = ps->fetch(ps->fetch_opaque, export_id, page, page_out);
     g_mutex_lock(lock);
     /* Whatever the fetch says, a slot that changed meanwhile (streamed in,
      * or written) is the caller's answer now: re-examine it. */
@@ -478,26 +478,24 @@ static int resolve_remote(PageStore *ps, uint64_t s, GMutex *lock, unsigned char
         return err;
     /* Landing: the kernel keeps this page now; a zero page costs nothing to
      * keep, and then is never fetched again. */
-    if (__atomic_load_n(&ps->landing, __ATOMIC_RELAXED) && !page_is_zero(tmp)) {
+    if (__atomic_load_n(&ps->landing, __ATOMIC_RELAXED) && !page_is_zero(page_out)) {
         if (kind_of(e) == SLOT_REMOTE) {
             __atomic_sub_fetch(&ps->n_remote, 1, __ATOMIC_RELAXED);
             __atomic_add_fetch(&ps->n_landed, 1, __ATOMIC_RELAXED);
             ps->slot[s] = make_entry(SLOT_LANDED, payload_of(e));
         }
-        memcpy(page_out, tmp, PAGE_SIZE_BYTES);
         *served = true;
         return 0;
     }
-    if (slot_store(ps, s, tmp) != 0) {
-        memcpy(page_out, tmp, PAGE_SIZE_BYTES);
+    if (slot_store(ps, s, page_out) != 0)
         *served = true;
-    }
     return 0;
 }
 
 /* [in, in+len) of slot s into dst, fetching a remote slot first. `page` is
- * a page of scratch for a fetched page that could not be stored. Caller
- * holds its lock. */
+ * a page of scratch the fetch lands in (dst itself for a whole-page read:
+ * then a page handed over as it arrived costs no copy here). Caller holds
+ * its lock. */
 static int slot_read(PageStore *ps, uint64_t s, GMutex *lock, unsigned in, unsigned len,
                      unsigned char *dst, unsigned char *page)
 {
@@ -527,7 +525,7 @@ int page_store_read(PageStore *ps, void *buf, uint32_t len, uint64_t off)
         unsigned n = MIN(len, PAGE_SIZE_BYTES - in);
         GMutex *lock = lock_for(ps, s);
         g_mutex_lock(lock);
-        int err = slot_read(ps, s, lock, in, n, out, page);
+        int err = slot_read(ps, s, lock, in, n, out, n == PAGE_SIZE_BYTES ? out : page);
         g_mutex_unlock(lock);
         if (err)
             return err;
