@@ -51,7 +51,7 @@ struct Puller {
 
 /* Landing mode keeps pages that arrived before the kernel asked for them
  * (its readahead, the rest of a batch) until read: at most this many. */
-#define DEST_PARKED_MAX 8192           /* 32 MiB */
+#define DEST_PARKED_MAX 4096           /* 16 MiB */
 
 /* A REMOTE slot has 12 bits for its export id (page-store.c). */
 #define DEST_MAX_EXPORTS 4096
@@ -81,6 +81,9 @@ struct Dest {
     uint64_t reconnects;
     LatencyHist fetch_latency;     /* demand fetch: queued -> data here */
     gint64 first_map_us, complete_us;
+
+    GThread *teller;               /* tells the source it is no longer needed */
+    bool source_told;              /* atomic: the source acknowledged that */
 
     char *device;                  /* block device the export is attached as (set by setup) */
     GList *waiters;                /* ControlClient* waiting for all-local */

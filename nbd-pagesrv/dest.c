@@ -152,6 +152,40 @@ static bool all_local(Dest *d)
            c.landed_pages == 0;
 }
 
+#define TELL_ATTEMPT_MS 2000
+
+/* Until the source has acknowledged that this destination is done (it
+ * exits on that with --exit-when-idle, never on a mere lack of clients),
+ * or nbd-pagesrv stops. */
+static gpointer tell_source_main(gpointer data)
+{
+    Dest *d = data;
+    gint64 backoff = 100 * 1000;
+    bool warned = false;
+    while (!__atomic_load_n(&d->stopping, __ATOMIC_RELAXED)) {
+        g_autoptr(GError) err = NULL;
+        int r = source_tell_done(d->host, d->port, TELL_ATTEMPT_MS, &err);
+        if (r == 1) {
+            __atomic_store_n(&d->source_told, true, __ATOMIC_RELEASE);
+            g_message("told the source %s:%s that it is no longer needed", d->host, d->port);
+            return NULL;
+        }
+        if (r == 0) {
+            g_message("the source %s:%s does not take swapcopy's completion message (not an "
+                      "nbd-pagesrv): nothing to tell it", d->host, d->port);
+            return NULL;
+        }
+        if (!warned)
+            g_warning("%s; retrying with backoff", err->message);
+        warned = true;
+        for (gint64 until = g_get_monotonic_time() + backoff;
+             g_get_monotonic_time() < until && !__atomic_load_n(&d->stopping, __ATOMIC_RELAXED);)
+            g_usleep(50 * 1000);
+        backoff = MIN(backoff * 2, (gint64)5 * 1000 * 1000);
+    }
+    return NULL;
+}
+
 static gboolean check_completion(gpointer data)
 {
     Dest *d = data;
@@ -165,6 +199,8 @@ static gboolean check_completion(gpointer data)
               "source is no longer needed", d->mapped_total,
               (double)(d->complete_us - d->first_map_us) / 1e6, d->demand_pages, d->stream_pages,
               d->zero_pages);
+    if (!d->teller)
+        d->teller = g_thread_new("tell-source", tell_source_main, d);
     g_autoptr(GString) st = g_string_new(NULL);
     dest_status_json(d, st);
     for (GList *l = d->waiters; l; l = l->next) {
@@ -234,8 +270,9 @@ void dest_status_json(Dest *d, GString *out)
         demand_up += __atomic_load_n(&p->demand_connected, __ATOMIC_RELAXED);
         stream_up += puller_stream_connected(p);
     }
-    g_string_append_printf(out, ",\"source_connections\":{\"demand\":%u,\"stream\":%u}}",
-                           demand_up, stream_up);
+    g_string_append_printf(out, ",\"source_connections\":{\"demand\":%u,\"stream\":%u}"
+                           ",\"source_told_done\":%s}", demand_up, stream_up,
+                           __atomic_load_n(&d->source_told, __ATOMIC_ACQUIRE) ? "true" : "false");
 }
 
 /* ---- control commands ---------------------------------------------------- */
@@ -461,6 +498,10 @@ void dest_stop(Dest *d)
     demand_table_stop(d->demand);
     for (guint i = 0; i < d->pullers->len; i++)
         puller_stop(g_ptr_array_index(d->pullers, i));
+    if (d->teller) {
+        g_thread_join(d->teller);
+        d->teller = NULL;
+    }
 }
 
 void dest_free(Dest *d)

@@ -84,6 +84,22 @@ static bool send_info_name(Connection *c, uint32_t opt, Export *e)
     return send_reply(c, opt, NBD_REP_INFO, info, (uint32_t)(2 + n));
 }
 
+/* The completion message (nbd-proto.h): noted, and acknowledged with the
+ * description of an empty read-only export, as NBD_OPT_INFO must be. */
+static OptResult opt_destination_done(Connection *c, uint32_t opt)
+{
+    if (!__atomic_exchange_n(&c->server->destination_done, true, __ATOMIC_ACQ_REL))
+        g_message("the destination %s reports that it has every page: this source is no "
+                  "longer needed", c->peer);
+    unsigned char info[12];
+    put_be16(info, NBD_INFO_EXPORT);
+    put_be64(info + 2, 0);
+    put_be16(info + 10, NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY);
+    return send_reply(c, opt, NBD_REP_INFO, info, sizeof info) &&
+                   send_reply(c, opt, NBD_REP_ACK, NULL, 0)
+               ? OPT_CONTINUE : OPT_CLOSE;
+}
+
 /* NBD_OPT_INFO and NBD_OPT_GO: name length, name, count, info requests. */
 static OptResult opt_info_go(Connection *c, uint32_t opt, const unsigned char *d, uint32_t len)
 {
@@ -102,6 +118,9 @@ static OptResult opt_info_go(Connection *c, uint32_t opt, const unsigned char *d
         return send_error(c, opt, NBD_REP_ERR_INVALID, "%u information requests do not match "
                           "the %u-byte option payload", nreq, len)
                    ? OPT_CONTINUE : OPT_CLOSE;
+    if (opt == NBD_OPT_INFO && name_len == strlen(SWAPCOPY_DONE_EXPORT) &&
+        memcmp(d + 4, SWAPCOPY_DONE_EXPORT, name_len) == 0)
+        return opt_destination_done(c, opt);
     Export *e = export_set_find(&c->server->exports, (const char *)d + 4, name_len);
     if (!e)
         return send_error(c, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.*s' (list them "

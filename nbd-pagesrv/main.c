@@ -153,6 +153,12 @@ static bool add_swap_device(App *app, GError **error)
 static bool add_source_exports(App *app, GError **error)
 {
     for (char **spec = app->export_specs; spec && *spec; spec++) {
+        if (g_str_has_prefix(*spec, "swapcopy:")) {
+            g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                        "--export %s: names starting with 'swapcopy:' are reserved for "
+                        "swapcopy's own messages; choose another name", *spec);
+            return false;
+        }
         Export *e = file_export_new(*spec, error);
         if (!e)
             return false;
@@ -163,18 +169,18 @@ static bool add_source_exports(App *app, GError **error)
     return true;
 }
 
-/* --exit-when-idle: a source is done once its destination, having used it
- * (read data, or learnt from block status that there was nothing to
- * read), has every page and hangs up. Probes that only list the exports
- * do not count. */
+/* --exit-when-idle: a source is done once its destination has said so
+ * (the completion message, nbd-proto.h) and every client has gone. A count
+ * of connections alone is no proof: a network blip that resets them all
+ * would make the source exit with pages still missing. */
 static gboolean check_idle(gpointer data)
 {
     App *app = data;
     ServerStats *s = &app->server.stats;
-    if (__atomic_load_n(&s->requests[NBD_CMD_READ], __ATOMIC_RELAXED) +
-                __atomic_load_n(&s->requests[NBD_CMD_BLOCK_STATUS], __ATOMIC_RELAXED) > 0 &&
+    if (__atomic_load_n(&app->server.destination_done, __ATOMIC_ACQUIRE) &&
         __atomic_load_n(&s->connections_current, __ATOMIC_RELAXED) == 0) {
-        g_message("every client has disconnected: exiting (--exit-when-idle)");
+        g_message("the destination has every page and every client has disconnected: "
+                  "exiting (--exit-when-idle)");
         g_main_loop_quit(app->loop);
         return G_SOURCE_REMOVE;
     }
@@ -237,7 +243,7 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
           "Seconds a read waits for a missing page before EIO, and an NBD handshake with "
           "the source may take (default: 60)", "SECS" },
         { "exit-when-idle", 0, 0, G_OPTION_ARG_NONE, &app->exit_when_idle,
-          "Exit once clients have read and all gone (a source whose destination is done)", NULL },
+          "Source role: exit once the destination has said it has every page and every client has gone", NULL },
         { "control", 0, 0, G_OPTION_ARG_FILENAME, &app->control_path,
           "Control socket (statistics, mappings; see docs/control-protocol.md)", "PATH" },
         { "stats-interval", 0, 0, G_OPTION_ARG_INT, &app->stats_interval,

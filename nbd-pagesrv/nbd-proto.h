@@ -106,6 +106,12 @@
 #define NBD_MAX_OPTION            (64u * 1024)         /* largest option payload we buffer */
 #define NBD_MAX_STRING            4096                 /* spec limit on names */
 
+/* swapcopy's completion message: a destination that has every page (or
+ * whose swap device is gone) asks a source for NBD_OPT_INFO on this name;
+ * a source answers with an empty export and from then on knows it is no
+ * longer needed (--exit-when-idle). No real export may carry it. */
+#define SWAPCOPY_DONE_EXPORT      "swapcopy:destination-has-every-page"
+
 #define NBD_META_BASE_ALLOCATION  "base:allocation"
 #define NBD_META_ID_BASE_ALLOCATION 1
 

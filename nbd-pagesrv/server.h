@@ -50,6 +50,9 @@ struct Server {
     GPtrArray *conns;             /* of Connection*, live ones */
     GCond conns_cond;
     bool stopping;
+
+    /* A destination sent the completion message (atomic). */
+    bool destination_done;
 };
 
 void server_init(Server *s);

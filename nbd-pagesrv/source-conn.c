@@ -1,5 +1,7 @@
 #include "source-conn.h"
 
+#include "nbd-proto.h"
+
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
@@ -200,6 +202,34 @@ fail:
         nbd_close(h);
     g_hash_table_unref(sizes);
     return NULL;
+}
+
+int source_tell_done(const char *host, const char *port, int timeout_ms, GError **error)
+{
+    gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
+    g_autoptr(GError) why = NULL;
+    int result = -1;
+    struct nbd_handle *h = nbd_create();
+    if (!h || nbd_set_opt_mode(h, true) < 0 || nbd_set_export_name(h, SWAPCOPY_DONE_EXPORT) < 0 ||
+        nbd_aio_connect_tcp(h, host, port) < 0) {
+        g_set_error(&why, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s",
+                    h ? nbd_get_error() : "out of memory");
+    } else if (handshake_wait(h, is_negotiating, NULL, deadline, timeout_ms, &why)) {
+        OptOp op = { 0 };
+        if (nbd_aio_opt_info(h, (nbd_completion_callback){ .callback = opt_done,
+                                                           .user_data = &op }) < 0)
+            g_set_error(&why, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s", nbd_get_error());
+        else if (handshake_wait(h, opt_completed, &op, deadline, timeout_ms, &why))
+            result = op.err ? 0 : 1;   /* an answer either way: delivered or not understood */
+    }
+    if (result >= 0)
+        nbd_aio_opt_abort(h);
+    if (h)
+        nbd_close(h);
+    if (result < 0)
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "cannot tell the source %s:%s "
+                    "that this destination is done: %s", host, port, why->message);
+    return result;
 }
 
 int source_poll(struct nbd_handle *h, int wake_fd, int timeout_ms)

@@ -19,6 +19,12 @@ struct nbd_handle *source_connect(const char *host, const char *port, const char
 GHashTable *source_list_exports(const char *host, const char *port, int timeout_ms,
                                 GError **error);
 
+/* Tell the source this destination has every page (or its swap device is
+ * gone): the completion message of nbd-proto.h. 1: the source noted it; 0:
+ * the source does not know the message (not an nbd-pagesrv; nothing to
+ * tell); -1 with *error: not delivered (retry). */
+int source_tell_done(const char *host, const char *port, int timeout_ms, GError **error);
+
 /* Wait up to timeout_ms for the handle (or the wake eventfd) and let libnbd
  * make progress. Returns 0, or -1 if the connection is dead. */
 int source_poll(struct nbd_handle *h, int wake_fd, int timeout_ms);

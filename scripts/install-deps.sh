@@ -9,7 +9,8 @@ qemu-system-x86 qemu-utils libclang-rt-14-dev python3 python3-libnbd
 busybox-static cpio
 dpkg-dev ninja-build meson python3-venv libpixman-1-dev libslirp-dev libfdt-dev
 flex bison xz-utils
-linux-source-6.1 bc libelf-dev libssl-dev rsync"
+linux-source-6.1 bc libelf-dev libssl-dev rsync
+iptables iproute2"
 
 missing=""
 for p in $packages; do

@@ -21,6 +21,28 @@ state=$state_root/$name
 [ -d "$state" ] || { echo "teardown-swap: nothing set up under $state"; exit 0; }
 rc=0
 
+# After swapoff nothing reads a slot of the device again, so the pages the
+# kernel holds are its own for good: nbd-pagesrv may release them and tell
+# its source that it is no longer needed (a source started with
+# --exit-when-idle exits on that message, not on a lost connection).
+release_source() {
+    local ctl=$state/ctl.sock tool pid st i
+    [ -S "$ctl" ] && pid=$(cat "$state/pagesrv.pid" 2>/dev/null) || return 0
+    tool=$(dirname "$(readlink -f "/proc/$pid/exe" 2>/dev/null)")/pagesrv-ctl
+    [ -x "$tool" ] || tool=$(command -v pagesrv-ctl) || return 0
+    st=$("$tool" "$ctl" release-landed 2>/dev/null) || return 0
+    # Complete unless pages outside any armed region are still remote.
+    for (( i = 0; i < 100; i++ )); do
+        case "$st" in
+            *'"source_told_done":true'*) return 0 ;;
+            *'"state":"complete"'*|*'"state":"landed"'*) ;;
+            *) [ "$i" -ge 10 ] && return 0 ;;
+        esac
+        sleep 0.02
+        st=$("$tool" "$ctl" status 2>/dev/null) || return 0
+    done
+}
+
 if [ -f "$state/device" ]; then
     device=$(cat "$state/device")
     if awk 'NR>1 {print $1}' /proc/swaps | grep -qx "$(readlink -f "$device")"; then
@@ -30,6 +52,7 @@ if [ -f "$state/device" ]; then
             echo "teardown-swap: swapoff $device failed: pages still on it could not be read back (is nbd-pagesrv running? see $state/pagesrv.log); leaving the device attached" >&2
             exit 1
         fi
+        release_source
     fi
 fi
 rm -f "$state/swapon"

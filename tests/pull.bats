@@ -730,8 +730,62 @@ print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))'
     wait "$SRC_PID" || rc=$?
     [ "$rc" -eq 0 ]
     grep -q "exit-when-idle" "$SRC_LOG"
+    # It left on the destination's word, not on a count of connections.
+    grep -q "reports that it has every page" "$SRC_LOG"
+    grep -q "told the source 127.0.0.1:$SRC_PORT that it is no longer needed" "$PAGESRV_LOG"
     # The destination keeps serving what it pulled.
     verify_all
+}
+
+# drop_syns PORT on|off: new TCP connections to 127.0.0.1:PORT are dropped
+# (SYNs vanish, as on a dead link) or let through again.
+drop_syns() {
+    local rule=(INPUT -i lo -p tcp --dport "$1" --tcp-flags SYN,ACK,FIN,RST SYN -j DROP)
+    if [ "$2" = on ]; then
+        iptables -I "${rule[@]}"
+    elif iptables -C "${rule[@]}" 2>/dev/null; then
+        iptables -D "${rule[@]}"
+    fi
+}
+
+@test "pull: a link that drops for 0.5, 5 and 30 s loses nothing, and the source waits for the destination's word" {
+    command -v iptables >/dev/null || { echo "iptables is missing: run scripts/install-deps.sh"; return 1; }
+    command -v ss >/dev/null || { echo "ss is missing: apt-get install iproute2"; return 1; }
+    mk_src 64 --all-random
+    SLOTS=$PAGES MAP=$T/map
+    echo "0 0 $PAGES" >"$MAP"
+    src_start --exit-when-idle
+    dst_start "$SLOTS" --fault-timeout 60
+    defer drop_syns "$SRC_PORT" off
+    ctl policy background off >/dev/null
+    map_file "$MAP"
+    "$TESTBIN/pull-rw" "$URI" check 1 image "$IMG" 1
+    slot=100
+    for blip in 0.5 5 30; do
+        # The link goes: every connection to the source is reset, and new
+        # ones get no answer.
+        drop_syns "$SRC_PORT" on
+        ss -K -t dst 127.0.0.1 dport = ":$SRC_PORT" >/dev/null
+        # A read of a missing page while the link is down waits for it.
+        "$TESTBIN/pull-rw" "$URI" check "$slot" image "$IMG" "$slot" &
+        reader=$!
+        sleep "$blip"
+        kill -0 "$SRC_PID" || { echo "the source exited during a ${blip} s blip"; return 1; }
+        [ "$(status_field state)" = source-lost ]
+        drop_syns "$SRC_PORT" off
+        wait "$reader" || { echo "the read waiting through the ${blip} s blip failed"; return 1; }
+        echo "# ${blip} s blip: the waiting read got the source's page; reconnects $(status_field reconnects)"
+        slot=$(( slot + 1000 ))
+    done
+    # Nothing was lost: everything arrives and reads right, and only then
+    # does the source, told so, exit.
+    kill -0 "$SRC_PID"
+    ctl policy background on >/dev/null
+    wait_local 120
+    verify_all
+    exited() { ! kill -0 "$SRC_PID" 2>/dev/null; }
+    wait_for exited
+    grep -q "reports that it has every page" "$SRC_LOG"
 }
 
 @test "markers: only the cookie of the arm in progress makes a page a marker; look-alikes stay data" {

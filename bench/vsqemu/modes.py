@@ -313,6 +313,8 @@ class SwapcopyMode:
                 "downtime_summary_ms": s["downtime_ms"], "switchover_s": s["switchover_s"],
                 "arm_s": s["arm_s"], "total_s": s["arm_s"] + s["total_s"],
                 "after_migrate_s": s["total_s"], "all_local_s": s["time_to_all_local_s"],
+                # every page crossed the device once, into the guest (land mode)
+                "all_landed_s": s.get("time_to_all_landed_s"),
                 # device-state migration's own RAM bytes (ROMs, ACPI) + pages pulled
                 "wire_bytes": s["bytes_fetched"] + m.get("ram", {}).get("transferred", 0),
                 "bytes_fetched": s["bytes_fetched"], "pages": s["pages"],
