@@ -126,12 +126,37 @@ static bool dest_map(Dest *d, uint64_t slot, const char *name, uint64_t page, ui
                     "(%" G_GUINT64_FORMAT " pages)", page, count, name, p->pages);
         return false;
     }
+    /* Every slot of a freshly armed region holds a marker. One that holds
+     * data got a page the kernel swapped out to this device (it is the
+     * top-priority swap): another process's, perhaps. Never map over it. */
     for (uint64_t i = 0; i < count; i++) {
+        SlotKind k = page_store_slot_kind(d->ps, slot + i);
+        if (k == SLOT_RAM || k == SLOT_FILE) {
+            g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                        "slot %" G_GUINT64_FORMAT " holds a page the kernel swapped out to the "
+                        "device, not an arming marker: mapping it would destroy that page; "
+                        "nothing of this map was applied (arm the region again)", slot + i);
+            return false;
+        }
+    }
+    bool ok = true;
+    for (uint64_t i = 0; i < count; i++) {
+        if (!page_store_map_remote(d->ps, slot + i, p->id, page + i)) {
+            g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                        "slot %" G_GUINT64_FORMAT " was written while being mapped: mapped "
+                        "%" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " slots; arm the region "
+                        "again", slot + i, i, count);
+            count = i;
+            ok = false;
+            break;
+        }
         if (!p->rev[page + i])
             p->mapped++;
         __atomic_store_n(&p->rev[page + i], slot + i + 1, __ATOMIC_RELEASE);
-        page_store_map_remote(d->ps, slot + i, p->id, page + i);
     }
+    if (count == 0)
+        return false;
+    /* What was mapped before a refusal is pulled like any other mapping. */
     __atomic_add_fetch(&d->mapped_total, count, __ATOMIC_RELAXED);
     __atomic_add_fetch(&p->map_generation, 1, __ATOMIC_RELEASE);
     puller_wake_stream(p);
@@ -139,7 +164,7 @@ static bool dest_map(Dest *d, uint64_t slot, const char *name, uint64_t page, ui
         d->first_map_us = g_get_monotonic_time();
     d->complete_us = 0;
     puller_start(p);
-    return true;
+    return ok;
 }
 
 /* ---- completion --------------------------------------------------------- */

@@ -698,6 +698,11 @@ bool page_store_map_remote(PageStore *ps, uint64_t slot, unsigned export_id, uin
         return false;
     GMutex *lock = lock_for(ps, slot);
     g_mutex_lock(lock);
+    SlotKind k = kind_of(ps->slot[slot]);
+    if (k == SLOT_RAM || k == SLOT_FILE) {
+        g_mutex_unlock(lock);
+        return false;
+    }
     slot_clear(ps, slot);
     ps->slot[slot] = make_entry(SLOT_REMOTE, remote_payload(export_id, page));
     __atomic_add_fetch(&ps->n_remote, 1, __ATOMIC_RELAXED);

@@ -91,9 +91,12 @@ void page_store_expect_markers(PageStore *ps, bool on, uint64_t cookie);
  * swap readahead is about to ask for them. */
 void page_store_set_fetcher(PageStore *ps, PageFetchFn fetch, PagePrefetchFn prefetch,
                             unsigned cluster, void *opaque);
-/* Map slot -> remote page, discarding what the slot held (the marker page
- * written while the region was armed). A later write to the slot makes it
- * local again. Returns false if slot is out of range. */
+/* Map slot -> remote page, replacing what the slot held: the marker page
+ * written while the region was armed, nothing, or an earlier mapping. A
+ * slot holding data (a page the kernel swapped out to it: on this
+ * top-priority device, maybe another process's) is left alone. A later
+ * write to the slot makes it local again. Returns false if slot is out of
+ * range or holds data. */
 bool page_store_map_remote(PageStore *ps, uint64_t slot, unsigned export_id, uint64_t page);
 SlotKind page_store_slot_kind(PageStore *ps, uint64_t slot);
 /* Landing mode: a read of a remote slot hands the fetched page to the

@@ -478,6 +478,30 @@ PY
     verify_all
 }
 
+@test "pull: map refuses a slot that holds a page the kernel wrote, and changes nothing" {
+    mk_src 16
+    SLOTS=$(( PAGES + 64 ))
+    src_start
+    dst_start "$SLOTS"
+    ctl policy background off >/dev/null
+    # Slot 10 holds a page swapped out to the device (another process's:
+    # the device is the top-priority swap), slots 0-9 and 11-19 nothing.
+    "$TESTBIN/pull-rw" "$URI" write 10 77
+    run ctl map 0 mem 0 20
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"slot 10 holds a page the kernel swapped out"* ]]
+    [[ "$output" == *"nothing of this map was applied"* ]]
+    "$TESTBIN/pull-rw" "$URI" check 10 fill 77
+    ctl slot-states 0 20 | grep -q '"states":"EEEEEEEEEELEEEEEEEEE"'
+    [ "$(status_field pages.total)" -eq 0 ]
+    # The slots around it map as usual.
+    ctl map 0 mem 0 10 >/dev/null
+    ctl map 11 mem 11 9 >/dev/null
+    "$TESTBIN/pull-rw" "$URI" check 5 image "$IMG" 5
+    "$TESTBIN/pull-rw" "$URI" check 10 fill 77
+}
+
 @test "pull: guest writes and trims win over the source's pages; unmapped slots read zeros" {
     mk_src 16
     SLOTS=$(( PAGES + 64 )) MAP=$T/map

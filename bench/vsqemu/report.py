@@ -13,6 +13,7 @@ METRICS = [
     ("total_s", "total: begin -> complete (s)", "low", 1, "{:.2f}"),
     ("arm_s", "  of which before the switch (s)", "low", 1, "{:.2f}"),
     ("post_s", "switch -> source not needed (s)", "low", 1, "{:.2f}"),
+    ("done_s", "switch -> done: plain memory, device gone (s)", "low", 1, "{:.2f}"),
     ("wire_mib", "MiB on the wire", "low", 1, "{:.0f}"),
     ("rate_ratio", "guest rate, W after switch (%)", "high", 100, "{:.0f}"),
     ("pre_switch_ratio", "guest rate, begin -> switch (%)", "high", 100, "{:.0f}"),
@@ -44,6 +45,11 @@ def aggregate(runs):
         else:
             g["n_fail"] += 1
             g["errors"].append(r.get("error", "?"))
+    for r in runs:
+        # Switch -> done: for QEMU the same as switch -> complete; for
+        # swapcopy also the local work after the source is no longer needed.
+        if r.get("done_s") is None and r.get("total_s") is not None and r.get("pre_switch_s") is not None:
+            r["done_s"] = r["total_s"] - r["pre_switch_s"]
     for g in groups.values():
         # A run whose migration completed counts for the migration's own
         # figures even if the guest then failed; progress figures exist
