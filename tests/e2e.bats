@@ -108,10 +108,16 @@ teardown() {
     # nbd-pagesrv kept no copy of what it handed over (a page the host's
     # reclaim or DAMON pushed out again is the only thing it stores).
     [ "$(( $(stat_field_of "$CONTROL" store.ram_pages) + $(stat_field_of "$CONTROL" store.file_pages) ))" -le 655 ]
-    # Its peak memory: at most 64 MiB plus 1 % of the region.
+    # Its peak memory: at most 64 MiB plus 1 % of the region. (Under ASan
+    # its shadow memory and quarantine make the figure meaningless: the
+    # plain build, which make check runs, checks it.)
     hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$(cat "$STATE/pagesrv.pid")/status")
     echo "nbd-pagesrv VmHWM $hwm kB"
-    [ "$hwm" -le $(( 65536 + 256 * 1024 / 100 )) ]
+    if grep -qa __asan_init "$SWAPCOPY_BUILD/nbd-pagesrv"; then
+        echo "# ASan build: nbd-pagesrv's memory bound is checked by the plain build only" >&3
+    else
+        [ "$hwm" -le $(( 65536 + 256 * 1024 / 100 )) ]
+    fi
     [ "$(stat_field_of "$CONTROL" errors)" -eq 0 ]
 }
 
