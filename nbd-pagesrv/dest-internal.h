@@ -13,6 +13,7 @@
 #include "dest.h"
 #include "latency-hist.h"
 #include "page-store.h"
+#include "source-conn.h"
 
 typedef struct Dest Dest;
 typedef struct Puller Puller;
@@ -37,6 +38,7 @@ struct Puller {
     Dest *dest;
     unsigned id;                   /* index in Dest.pullers, stored in REMOTE slots */
     char *name;
+    SourceExport source;           /* size and identity, as first listed */
     uint64_t size, pages;
     uint64_t *rev;                 /* page -> slot + 1, 0 if unmapped (mmap'd) */
     uint64_t mapped;               /* pages with a slot */
@@ -59,7 +61,7 @@ struct Puller {
 struct Dest {
     PageStore *ps;
     char *host, *port;
-    GHashTable *source_sizes;      /* export name -> uint64_t* size */
+    GHashTable *source_sizes;      /* export name -> SourceExport* */
     /* Of Puller*, index = export id. Added to on the main thread only;
      * sized for DEST_MAX_EXPORTS at start so that its storage never moves
      * under the fault workers, which read it through dest_puller(). */
@@ -98,9 +100,15 @@ static inline bool dest_landing(Dest *d)
 }
 
 /* puller.c */
-Puller *puller_new(Dest *d, unsigned id, const char *name, uint64_t size, GError **error);
+/* src: what the source said of the export when the migration began; every
+ * connection must find the same (source_connect). */
+Puller *puller_new(Dest *d, unsigned id, const char *name, const SourceExport *src,
+                   GError **error);
 void puller_start(Puller *p);
 void puller_stop(Puller *p);       /* joins every thread */
+/* Ask the threads to leave without waiting for them (they may be in a
+ * handshake with an unresponsive source): the main loop must not block. */
+void puller_request_stop(Puller *p);
 /* New pages were mapped or the policy changed: every lane looks again. */
 void puller_wake_stream(Puller *p);
 /* Stream connections up right now. */

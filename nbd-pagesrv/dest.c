@@ -67,8 +67,9 @@ static bool list_source_exports(Dest *d, GError **error)
     gpointer k, v;
     g_hash_table_iter_init(&it, d->source_sizes);
     while (g_hash_table_iter_next(&it, &k, &v))
-        g_message("source %s:%s offers export '%s' (%" G_GUINT64_FORMAT " MiB)", d->host,
-                  d->port, (char *)k, *(uint64_t *)v >> 20);
+        g_message("source %s:%s offers export '%s' (%" G_GUINT64_FORMAT " MiB, RAM '%s')",
+                  d->host, d->port, (char *)k, ((SourceExport *)v)->size >> 20,
+                  ((SourceExport *)v)->identity ? ((SourceExport *)v)->identity : "not said");
     return true;
 }
 
@@ -82,8 +83,8 @@ static Puller *puller_for(Dest *d, const char *name, GError **error)
     /* --src-later: the source had not answered at start. */
     if (!d->source_sizes && !list_source_exports(d, error))
         return NULL;
-    uint64_t *size = g_hash_table_lookup(d->source_sizes, name);
-    if (!size) {
+    SourceExport *se = g_hash_table_lookup(d->source_sizes, name);
+    if (!se) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
                     "the source %s:%s has no export named '%s'", d->host, d->port, name);
         return NULL;
@@ -94,7 +95,7 @@ static Puller *puller_for(Dest *d, const char *name, GError **error)
                     "one destination can", name, DEST_MAX_EXPORTS);
         return NULL;
     }
-    Puller *p = puller_new(d, d->pullers->len, name, *size, error);
+    Puller *p = puller_new(d, d->pullers->len, name, se, error);
     if (p) {
         g_ptr_array_add(d->pullers, p);
         __atomic_store_n(&d->npullers, d->pullers->len, __ATOMIC_RELEASE);
@@ -218,7 +219,7 @@ static gboolean check_completion(gpointer data)
         return G_SOURCE_CONTINUE;
     d->complete_us = g_get_monotonic_time();
     for (guint i = 0; i < d->pullers->len; i++)
-        puller_stop(g_ptr_array_index(d->pullers, i));
+        puller_request_stop(g_ptr_array_index(d->pullers, i));
     g_message("all %" G_GUINT64_FORMAT " mapped pages are local after %.3f s (%" G_GUINT64_FORMAT
               " on demand, %" G_GUINT64_FORMAT " streamed, %" G_GUINT64_FORMAT " zero); the "
               "source is no longer needed", d->mapped_total,

@@ -10,6 +10,7 @@ static void export_destroy(gpointer p)
     if (e->ops->destroy)
         e->ops->destroy(e);
     g_free(e->name);
+    g_free(e->identity);
     g_free(e);
 }
 

@@ -51,6 +51,11 @@ struct Export {
     /* Safe for a client to spread requests over several connections: every
      * connection sees the same data and FLUSH on one covers all. */
     bool multi_conn;
+    /* Source exports: what this RAM is (the file, or the process whose
+     * memory it is), sent as the export's description so that a
+     * destination reconnecting can tell a restarted source with the same
+     * RAM from one with other RAM. NULL for the swap device. */
+    char *identity;
     const ExportOps *ops;
     void *impl;
 };

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -141,6 +142,27 @@ static bool parse_window(char *path, uint64_t *base, uint64_t *size)
     return true;
 }
 
+/* What the RAM behind path is: the same file (device and inode), or the
+ * same process (pid and start time: a new process with a recycled pid is
+ * another one) at the same address. */
+static char *ram_identity(const char *path, const struct stat *st, uint64_t base, bool windowed)
+{
+    int pid;
+    char rest[8];
+    if (windowed && sscanf(path, "/proc/%d/mem%7s", &pid, rest) == 1) {
+        g_autofree char *statpath = g_strdup_printf("/proc/%d/stat", pid);
+        g_autofree char *stat = NULL;
+        const char *after;
+        unsigned long long start;
+        if (g_file_get_contents(statpath, &stat, NULL, NULL) && (after = strrchr(stat, ')')) &&
+            sscanf(after + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d "
+                   "%*d %*d %*d %llu", &start) == 1)
+            return g_strdup_printf("process:%d:%llu@%" G_GUINT64_FORMAT, pid, start, base);
+    }
+    return g_strdup_printf("file:%" G_GUINT64_FORMAT ":%" G_GUINT64_FORMAT "@%" G_GUINT64_FORMAT,
+                           (uint64_t)st->st_dev, (uint64_t)st->st_ino, base);
+}
+
 Export *file_export_new(const char *spec, GError **error)
 {
     const char *eq = strchr(spec, '=');
@@ -186,6 +208,7 @@ Export *file_export_new(const char *spec, GError **error)
     e->size = windowed ? window : (uint64_t)st.st_size;
     e->read_only = true;
     e->multi_conn = true;
+    e->identity = ram_identity(path, &st, base, windowed);
     e->ops = &file_ops;
     e->impl = f;
     return e;

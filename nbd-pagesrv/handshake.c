@@ -84,6 +84,18 @@ static bool send_info_name(Connection *c, uint32_t opt, Export *e)
     return send_reply(c, opt, NBD_REP_INFO, info, (uint32_t)(2 + n));
 }
 
+/* NBD_INFO_DESCRIPTION: what the RAM is (export.h), for a destination
+ * checking that it reconnected to the same source. */
+static bool send_info_identity(Connection *c, uint32_t opt, Export *e)
+{
+    g_autofree char *text = g_strconcat(SWAPCOPY_IDENTITY_PREFIX, e->identity, NULL);
+    size_t n = MIN(strlen(text), (size_t)NBD_MAX_STRING);
+    g_autofree unsigned char *info = g_malloc(2 + n);
+    put_be16(info, NBD_INFO_DESCRIPTION);
+    memcpy(info + 2, text, n);
+    return send_reply(c, opt, NBD_REP_INFO, info, (uint32_t)(2 + n));
+}
+
 /* The completion message (nbd-proto.h): noted, and acknowledged with the
  * description of an empty read-only export, as NBD_OPT_INFO must be. */
 static OptResult opt_destination_done(Connection *c, uint32_t opt)
@@ -126,13 +138,17 @@ static OptResult opt_info_go(Connection *c, uint32_t opt, const unsigned char *d
         return send_error(c, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.*s' (list them "
                           "with nbdinfo --list)", (int)MIN(name_len, 256u), (const char *)d + 4)
                    ? OPT_CONTINUE : OPT_CLOSE;
-    bool want_name = false;
-    for (uint16_t i = 0; i < nreq; i++)
-        if (get_be16(p + 2 + 2 * i) == NBD_INFO_NAME)
-            want_name = true;
+    bool want_name = false, want_description = false;
+    for (uint16_t i = 0; i < nreq; i++) {
+        uint16_t what = get_be16(p + 2 + 2 * i);
+        want_name |= what == NBD_INFO_NAME;
+        want_description |= what == NBD_INFO_DESCRIPTION;
+    }
     /* Block sizes are sent unasked: they only tell a client what it may do. */
     if (!send_info_export(c, opt, e) || !send_info_block_size(c, opt) ||
-        (want_name && !send_info_name(c, opt, e)) || !send_reply(c, opt, NBD_REP_ACK, NULL, 0))
+        (want_name && !send_info_name(c, opt, e)) ||
+        (want_description && e->identity && !send_info_identity(c, opt, e)) ||
+        !send_reply(c, opt, NBD_REP_ACK, NULL, 0))
         return OPT_CLOSE;
     if (opt == NBD_OPT_GO) {
         c->export = e;

@@ -1,4 +1,5 @@
 #include "listener.h"
+#include "tcp-liveness.h"
 
 #include <errno.h>
 #include <glib-unix.h>
@@ -138,8 +139,14 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
         getnameinfo((struct sockaddr *)&ss, sl, h, sizeof h, p, sizeof p,
                     NI_NUMERICHOST | NI_NUMERICSERV);
         int one = 1;
-        /* Small replies (4 KiB pages) must not wait for Nagle. */
-        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        /* Small replies (4 KiB pages) must not wait for Nagle. A
+         * destination that vanished silently must not hold its connection
+         * (and a source waiting for its clients to go) for minutes. */
+        if (setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0 ||
+            !tcp_notice_dead_peer(cfd))
+            g_warning("cannot tune the TCP connection from %s:%s (TCP_NODELAY, keepalive, "
+                      "TCP_USER_TIMEOUT): %s; small replies may be delayed and a dead peer "
+                      "go unnoticed for minutes", h, p, g_strerror(errno));
         g_snprintf(peer, sizeof peer, "%s:%s", h, p);
     }
     server_add_connection(l->server, cfd, peer);

@@ -110,6 +110,8 @@
  * whose swap device is gone) asks a source for NBD_OPT_INFO on this name;
  * a source answers with an empty export and from then on knows it is no
  * longer needed (--exit-when-idle). No real export may carry it. */
+/* A source export's description: this prefix, then its identity. */
+#define SWAPCOPY_IDENTITY_PREFIX  "swapcopy-source-identity:"
 #define SWAPCOPY_DONE_EXPORT      "swapcopy:destination-has-every-page"
 
 #define NBD_META_BASE_ALLOCATION  "base:allocation"

@@ -18,6 +18,9 @@
 
 #define DEMAND_DEPTH_PAGES 4096       /* 16 MiB of demand reads in flight at most */
 #define DEMAND_RUN_PAGES 256           /* 1 MiB per source read at most */
+#define DEMAND_STALL_US (20 * G_USEC_PER_SEC)   /* a read unanswered this long: reconnect */
+#define CHUNK_RETRY_MIN_US (100 * 1000)
+#define CHUNK_RETRY_MAX_US (5 * 1000 * 1000)
 #define STREAM_CHUNK_PAGES 64          /* 256 KiB per background request */
 #define STREAM_DEPTH 16                /* per lane */
 #define STREAM_DEPTH_UNDER_FAULTS 2    /* all lanes together: leave the link to the faults */
@@ -45,26 +48,31 @@ static void nap(Puller *p, int wake_fd, gint64 us)
     }
 }
 
-/* (Re)connect, backing off while the source is away. NULL if stopping. */
+/* (Re)connect, backing off while the source is away. NULL if stopping.
+ * after_loss: this role had a connection, which was lost. */
 static struct nbd_handle *connect_retry(Puller *p, const char *role, bool *connected_flag,
-                                        int wake_fd)
+                                        int wake_fd, bool after_loss)
 {
     Dest *d = p->dest;
     gint64 backoff = BACKOFF_MIN_US;
     bool first = true;
+    g_autofree char *said = NULL;  /* the last failure logged: each new one is, once */
     while (!stopping(p)) {
         g_autoptr(GError) err = NULL;
-        struct nbd_handle *h = source_connect(d->host, d->port, p->name,
+        struct nbd_handle *h = source_connect(d->host, d->port, p->name, &p->source,
                                                   dest_handshake_timeout_ms(d), &err);
         if (h) {
-            if (!first)
+            if (!first || after_loss)
                 g_message("%s connection for export '%s' re-established", role, p->name);
             __atomic_store_n(connected_flag, true, __ATOMIC_RELEASE);
             return h;
         }
-        if (first)
+        if (g_strcmp0(said, err->message) != 0) {
             g_warning("%s connection for export '%s': %s; retrying with backoff", role,
                       p->name, err->message);
+            g_free(said);
+            said = g_strdup(err->message);
+        }
         first = false;
         __atomic_add_fetch(&d->reconnects, 1, __ATOMIC_RELAXED);
         nap(p, wake_fd, backoff);
@@ -93,6 +101,7 @@ typedef struct {
     DemandEntry *e[DEMAND_RUN_PAGES];
     guint n;
     unsigned char *buf;
+    gint64 sent_us;
     int err;
     bool completed;
 } DemandRun;
@@ -157,9 +166,10 @@ static gpointer demand_main(gpointer data)
     g_autoptr(GPtrArray) fresh = g_ptr_array_new();
     DemandEntry **taken = g_new(DemandEntry *, DEMAND_DEPTH_PAGES);
     guint inflight_pages = 0;
+    bool was_lost = false;
 
     while (!stopping(p)) {
-        if (!h && !(h = connect_retry(p, "demand", &p->demand_connected, p->demand.wake)))
+        if (!h && !(h = connect_retry(p, "demand", &p->demand_connected, p->demand.wake, was_lost)))
             break;
         guint n = inflight_pages < DEMAND_DEPTH_PAGES
                       ? demand_table_take(d->demand, &p->demand, DEMAND_DEPTH_PAGES - inflight_pages, taken)
@@ -170,6 +180,7 @@ static gpointer demand_main(gpointer data)
         for (guint i = 0; i < fresh->len; i++) {
             DemandRun *r = g_ptr_array_index(fresh, i);
             r->buf = g_malloc((size_t)r->n * PAGE_SIZE_BYTES);
+            r->sent_us = g_get_monotonic_time();
             g_ptr_array_add(runs, r);
             inflight_pages += r->n;
             if (!broken && nbd_aio_pread(h, r->buf, (size_t)r->n * PAGE_SIZE_BYTES,
@@ -182,8 +193,19 @@ static gpointer demand_main(gpointer data)
         if (!broken && source_poll(h, p->demand.wake, runs->len ? 100 : 200) < 0)
             broken = true;
 
+        gint64 now = g_get_monotonic_time();
         for (guint i = 0; i < runs->len;) {
             DemandRun *r = g_ptr_array_index(runs, i);
+            /* A read the connection failed, or one the source has sat on
+             * for too long (it acknowledges, but does not answer): resend
+             * it on a new connection. */
+            if ((r->completed && r->err && source_error_is_connection(r->err)) ||
+                (!r->completed && !broken && now - r->sent_us > DEMAND_STALL_US)) {
+                if (!r->completed)
+                    g_warning("the source has not answered a read of export '%s' for %.0f s: "
+                              "recycling the demand connection", p->name, DEMAND_STALL_US / 1e6);
+                broken = true;
+            }
             if (r->completed && !(r->err && source_error_is_connection(r->err))) {
                 inflight_pages -= r->n;
                 g_ptr_array_remove_index(runs, i);
@@ -196,6 +218,7 @@ static gpointer demand_main(gpointer data)
             /* nbd_close retires every command: after it no callback runs,
              * so what is still in runs is sent again on the next connection. */
             lost(p, &h, "demand", &p->demand_connected);
+            was_lost = true;
             for (guint i = runs->len; i-- > 0;) {
                 DemandRun *r = g_ptr_array_index(runs, i);
                 demand_table_requeue(d->demand, &p->demand, r->e, r->n);
@@ -447,6 +470,11 @@ static gpointer stream_main(gpointer data)
     uint64_t nchunks = (p->pages + STREAM_CHUNK_PAGES - 1) / STREAM_CHUNK_PAGES;
     uint64_t swept_generation = __atomic_load_n(&p->map_generation, __ATOMIC_ACQUIRE);
     TokenBucket tb = { 0 };
+    /* Chunks the source answered with an error are tried again later, with
+     * a growing delay, and reported sparingly: not at once and for ever. */
+    gint64 retry_at = 0, retry_delay = CHUNK_RETRY_MIN_US;
+    uint64_t chunk_errors = 0;
+    bool was_lost = false;
 
     while (!stopping(p)) {
         if (!__atomic_load_n(&d->background, __ATOMIC_RELAXED)) {
@@ -454,7 +482,7 @@ static gpointer stream_main(gpointer data)
             continue;
         }
         if (!h) {
-            if (!(h = connect_retry(p, "background", &l->connected, l->wake)))
+            if (!(h = connect_retry(p, "background", &l->connected, l->wake, was_lost)))
                 break;
             w.have_meta = nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) > 0;
             w.win_start = w.win_end = 0;
@@ -462,7 +490,7 @@ static gpointer stream_main(gpointer data)
         bool broken = false;
         unsigned depth = stream_depth(l);
         while (!broken && inflight->len < depth) {
-            Chunk *c = g_queue_pop_head(&retry);
+            Chunk *c = g_get_monotonic_time() >= retry_at ? g_queue_pop_head(&retry) : NULL;
             if (!c)
                 c = next_chunk(l, h, &w, &next, &broken);
             if (!c)
@@ -506,11 +534,18 @@ static gpointer stream_main(gpointer data)
             if (c->err == 0) {
                 chunk_install(c);
                 chunk_free(c);
+                retry_delay = CHUNK_RETRY_MIN_US;
             } else {
-                if (!source_error_is_connection(c->err))
-                    g_warning("the source answered error '%s' reading pages %" G_GUINT64_FORMAT
-                              "..%" G_GUINT64_FORMAT " of export '%s'; will retry",
-                              g_strerror(c->err), c->first, c->first + c->n - 1, p->name);
+                if (!source_error_is_connection(c->err)) {
+                    if (++chunk_errors <= 3 || chunk_errors % 100 == 0)
+                        g_warning("the source answered error '%s' reading pages %" G_GUINT64_FORMAT
+                                  "..%" G_GUINT64_FORMAT " of export '%s' (%" G_GUINT64_FORMAT
+                                  " such answers so far); will retry in %.1f s",
+                                  g_strerror(c->err), c->first, c->first + c->n - 1, p->name,
+                                  chunk_errors, retry_delay / 1e6);
+                    retry_at = g_get_monotonic_time() + retry_delay;
+                    retry_delay = MIN(retry_delay * 2, (gint64)CHUNK_RETRY_MAX_US);
+                }
                 c->completed = false;
                 c->err = 0;
                 g_queue_push_tail(&retry, c);
@@ -518,6 +553,7 @@ static gpointer stream_main(gpointer data)
         }
         if (broken) {
             lost(p, &h, "background", &l->connected);
+            was_lost = true;
             for (guint i = 0; i < inflight->len; i++) {
                 Chunk *c = g_ptr_array_index(inflight, i);
                 c->completed = false;
@@ -539,13 +575,16 @@ static gpointer stream_main(gpointer data)
 
 /* ---- lifecycle -------------------------------------------------------- */
 
-Puller *puller_new(Dest *d, unsigned id, const char *name, uint64_t size, GError **error)
+Puller *puller_new(Dest *d, unsigned id, const char *name, const SourceExport *src,
+                   GError **error)
 {
+    uint64_t size = src->size;
     Puller *p = g_new0(Puller, 1);
     p->dest = d;
     p->id = id;
     p->name = g_strdup(name);
     p->size = size;
+    p->source = (SourceExport){ size, g_strdup(src->identity) };
     p->pages = size / PAGE_SIZE_BYTES;
     g_queue_init(&p->demand.entries);
     p->demand.wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -572,8 +611,9 @@ Puller *puller_new(Dest *d, unsigned id, const char *name, uint64_t size, GError
 
 void puller_start(Puller *p)
 {
-    if (p->demand_thread)
+    if (p->demand_thread && !stopping(p))
         return;
+    puller_stop(p);    /* threads asked to leave at completion: wait for them first */
     __atomic_store_n(&p->stop, false, __ATOMIC_RELEASE);
     g_autofree char *dn = g_strdup_printf("demand:%s", p->name);
     p->demand_thread = g_thread_new(dn, demand_main, p);
@@ -597,13 +637,18 @@ unsigned puller_stream_connected(Puller *p)
     return n;
 }
 
+void puller_request_stop(Puller *p)
+{
+    __atomic_store_n(&p->stop, true, __ATOMIC_RELEASE);
+    wake_fd_signal(p->demand.wake);
+    puller_wake_stream(p);
+}
+
 void puller_stop(Puller *p)
 {
     if (!p->demand_thread)
         return;
-    __atomic_store_n(&p->stop, true, __ATOMIC_RELEASE);
-    wake_fd_signal(p->demand.wake);
-    puller_wake_stream(p);
+    puller_request_stop(p);
     g_thread_join(p->demand_thread);
     p->demand_thread = NULL;
     for (unsigned i = 0; i < STREAM_LANES; i++) {
@@ -625,5 +670,6 @@ void puller_free(Puller *p)
         if (p->lanes[i].wake >= 0)
             close(p->lanes[i].wake);
     g_free(p->name);
+    g_free(p->source.identity);
     g_free(p);
 }

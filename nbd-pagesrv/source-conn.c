@@ -1,6 +1,7 @@
 #include "source-conn.h"
 
 #include "nbd-proto.h"
+#include "tcp-liveness.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -91,8 +92,36 @@ static bool opt_completed(struct nbd_handle *h, void *arg)
     return ((OptOp *)arg)->completed;
 }
 
+/* Reads in flight on a connection declared dead are sent again on the
+ * next one (puller.c). */
+static void notice_dead_links(struct nbd_handle *h, const char *host, const char *port)
+{
+    int fd = nbd_aio_get_fd(h);
+    if (fd < 0 || !tcp_notice_dead_peer(fd))
+        g_warning("cannot set keepalive and TCP_USER_TIMEOUT on the connection to the source "
+                  "%s:%s: %s; a link that dies silently may go unnoticed for minutes", host, port,
+                  fd < 0 ? nbd_get_error() : g_strerror(errno));
+}
+
+void source_export_free(SourceExport *se)
+{
+    if (se) {
+        g_free(se->identity);
+        g_free(se);
+    }
+}
+
+/* The identity in the export description the handshake brought, or NULL. */
+static char *identity_of(struct nbd_handle *h)
+{
+    g_autofree char *desc = nbd_get_export_description(h);
+    if (!desc || !g_str_has_prefix(desc, SWAPCOPY_IDENTITY_PREFIX))
+        return NULL;
+    return g_strdup(desc + strlen(SWAPCOPY_IDENTITY_PREFIX));
+}
+
 struct nbd_handle *source_connect(const char *host, const char *port, const char *name,
-                                  int timeout_ms, GError **error)
+                                  const SourceExport *expect, int timeout_ms, GError **error)
 {
     struct nbd_handle *h = nbd_create();
     if (!h) {
@@ -104,7 +133,7 @@ struct nbd_handle *source_connect(const char *host, const char *port, const char
     /* Pages are always fully overwritten by the reply: skip libnbd's
      * zeroing of every read buffer. */
     nbd_set_pread_initialize(h, false);
-    if (nbd_set_export_name(h, name) < 0 ||
+    if (nbd_set_export_name(h, name) < 0 || nbd_set_full_info(h, true) < 0 ||
         nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0 ||
         nbd_aio_connect_tcp(h, host, port) < 0)
         g_set_error(&why, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s", nbd_get_error());
@@ -118,6 +147,23 @@ struct nbd_handle *source_connect(const char *host, const char *port, const char
         nbd_close(h);
         return NULL;
     }
+    if (expect) {
+        int64_t size = nbd_get_size(h);
+        g_autofree char *identity = identity_of(h);
+        if (size != (int64_t)expect->size ||
+            (expect->identity && g_strcmp0(identity, expect->identity) != 0)) {
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                        "the source %s:%s now serves a different export '%s' (%" G_GINT64_FORMAT
+                        " bytes, RAM '%s'; this migration began with %" G_GUINT64_FORMAT
+                        " bytes, RAM '%s'): it was restarted with other RAM? Refusing it: no "
+                        "page of it can be this guest's", host, port, name, size,
+                        identity ? identity : "(not given)", expect->size,
+                        expect->identity ? expect->identity : "(not given)");
+            nbd_close(h);
+            return NULL;
+        }
+    }
+    notice_dead_links(h, host, port);
     return h;
 }
 
@@ -153,12 +199,14 @@ static bool opt_run(struct nbd_handle *h, bool list, GPtrArray *names, gint64 de
 GHashTable *source_list_exports(const char *host, const char *port, int timeout_ms,
                                 GError **error)
 {
-    GHashTable *sizes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    GHashTable *sizes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                              (GDestroyNotify)source_export_free);
     g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
     gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
     g_autoptr(GError) why = NULL;
     struct nbd_handle *h = nbd_create();
-    if (!h || nbd_set_opt_mode(h, true) < 0 || nbd_aio_connect_tcp(h, host, port) < 0)
+    if (!h || nbd_set_opt_mode(h, true) < 0 || nbd_set_full_info(h, true) < 0 ||
+        nbd_aio_connect_tcp(h, host, port) < 0)
         g_set_error(&why, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s",
                     h ? nbd_get_error() : "out of memory");
     else if (handshake_wait(h, is_negotiating, NULL, deadline, timeout_ms, &why))
@@ -189,9 +237,10 @@ GHashTable *source_list_exports(const char *host, const char *port, int timeout_
                         "size of source export '%s': %s", name, nbd_get_error());
             goto fail;
         }
-        uint64_t *v = g_new(uint64_t, 1);
-        *v = (uint64_t)size;
-        g_hash_table_insert(sizes, g_strdup(name), v);
+        SourceExport *se = g_new0(SourceExport, 1);
+        se->size = (uint64_t)size;
+        se->identity = identity_of(h);
+        g_hash_table_insert(sizes, g_strdup(name), se);
     }
     /* Saying goodbye is a courtesy: nothing waits for it. */
     nbd_aio_opt_abort(h);

@@ -9,13 +9,23 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* Connect to export `name` at host:port; asks for base:allocation. A
- * handshake not done within timeout_ms fails. Returns NULL with *error set. */
-struct nbd_handle *source_connect(const char *host, const char *port, const char *name,
-                                  int timeout_ms, GError **error);
+/* What a source says about one of its exports. */
+typedef struct {
+    uint64_t size;
+    char *identity;                /* what its RAM is (export.h); NULL: not said */
+} SourceExport;
+void source_export_free(SourceExport *se);
 
-/* List the source's exports and their sizes: name -> uint64_t* size. The
- * whole exchange must be done within timeout_ms. */
+/* Connect to export `name` at host:port; asks for base:allocation. A
+ * handshake not done within timeout_ms fails. If `expect` is given, the
+ * export must have its size and (if it had one) identity: a source that
+ * restarted with other RAM is refused, since its pages are not ours.
+ * Returns NULL with *error set. */
+struct nbd_handle *source_connect(const char *host, const char *port, const char *name,
+                                  const SourceExport *expect, int timeout_ms, GError **error);
+
+/* List the source's exports: name -> SourceExport*. The whole exchange
+ * must be done within timeout_ms. */
 GHashTable *source_list_exports(const char *host, const char *port, int timeout_ms,
                                 GError **error);
 

@@ -761,6 +761,37 @@ print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))'
     verify_all
 }
 
+@test "pull: a source restarted with other RAM is refused loudly; reads of missing pages fail, never wrong" {
+    mk_src 16 --all-random
+    SLOTS=$PAGES MAP=$T/map
+    echo "0 0 $PAGES" >"$MAP"
+    src_start
+    dst_start "$SLOTS" --fault-timeout 3
+    ctl policy background off >/dev/null
+    map_file "$MAP"
+    "$TESTBIN/pull-rw" "$URI" check 1 image "$IMG" 1
+    grep -q "offers export 'mem' (16 MiB, RAM 'file:" "$PAGESRV_LOG"
+    # The source goes away and another comes up on the same port, with an
+    # export of the same name and size but other RAM (another file).
+    kill -KILL "$SRC_PID"
+    wait "$SRC_PID" 2>/dev/null || true
+    "$TESTBIN/mkimage" --seed $(( SEED + 1 )) --all-random "$T/other.img" 16 "$T/other.crc" >/dev/null
+    good_img=$IMG
+    IMG=$T/other.img
+    src_start --port "$SRC_PORT"
+    IMG=$good_img
+    # Its pages are not this guest's: a read of a missing page fails (the
+    # guest would get SIGBUS and stop) instead of returning one of them.
+    run "$TESTBIN/pull-rw" "$URI" check 500 image "$IMG" 500
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ $output == *EIO* ]]
+    grep -q "now serves a different export 'mem'.*Refusing it" "$PAGESRV_LOG"
+    [ "$(status_field state)" = source-lost ]
+    # A page that was already here is still served.
+    "$TESTBIN/pull-rw" "$URI" check 1 image "$IMG" 1
+}
+
 # drop_syns PORT on|off: new TCP connections to 127.0.0.1:PORT are dropped
 # (SYNs vanish, as on a dead link) or let through again.
 drop_syns() {
@@ -883,6 +914,54 @@ drop_syns() {
     cat "$T/tmpdir.log"
     [ -S "$T/d.sock" ]
     grep -q "on tmpfs.*set TMPDIR or --store" "$T/tmpdir.log"
+}
+
+# blackhole PORT on|off: every packet to or from 127.0.0.1:PORT vanishes (a
+# link that died silently: no reset, no FIN), or flows again.
+blackhole() {
+    local dir rule
+    for dir in --dport --sport; do
+        rule=(INPUT -i lo -p tcp "$dir" "$1" -j DROP)
+        if [ "$2" = on ]; then
+            iptables -I "${rule[@]}"
+        elif iptables -C "${rule[@]}" 2>/dev/null; then
+            iptables -D "${rule[@]}"
+        fi
+    done
+}
+
+@test "pull: a link blackholed for 10 s is noticed within seconds, its connection recycled, nothing lost" {
+    command -v iptables >/dev/null || { echo "iptables is missing: run scripts/install-deps.sh"; return 1; }
+    mk_src 16 --all-random
+    SLOTS=$PAGES MAP=$T/map
+    echo "0 0 $PAGES" >"$MAP"
+    src_start --exit-when-idle
+    dst_start "$SLOTS" --fault-timeout 60
+    defer blackhole "$SRC_PORT" off
+    ctl policy background off >/dev/null
+    map_file "$MAP"
+    "$TESTBIN/pull-rw" "$URI" check 1 image "$IMG" 1
+    blackhole "$SRC_PORT" on
+    # A read of a missing page goes out on the dead link and waits.
+    "$TESTBIN/pull-rw" "$URI" check 500 image "$IMG" 500 &
+    reader=$!
+    sleep 10
+    # TCP alone would keep retransmitting for ~15 minutes; the destination
+    # gave the connection up within seconds (TCP_USER_TIMEOUT) and is
+    # trying a new one.
+    grep -q "demand connection for export 'mem' to the source 127.0.0.1:$SRC_PORT lost" "$PAGESRV_LOG"
+    [ "$(status_field state)" = source-lost ]
+    kill -0 "$reader"
+    blackhole "$SRC_PORT" off
+    wait "$reader"
+    grep -q "demand connection for export 'mem' re-established" "$PAGESRV_LOG"
+    # And the migration completes, every page right; the source's end of
+    # the dead connection is probed away too (keepalive), so it can exit.
+    ctl policy background on >/dev/null
+    wait_local 60
+    verify_all
+    for (( i = 0; i < 300; i++ )); do kill -0 "$SRC_PID" 2>/dev/null || break; sleep 0.1; done
+    ! kill -0 "$SRC_PID" 2>/dev/null
 }
 
 @test "land: a read hands each page over without keeping it; a second read fetches it again; writes are kept" {
