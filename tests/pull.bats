@@ -792,29 +792,47 @@ print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))'
     "$TESTBIN/pull-rw" "$URI" check 1 image "$IMG" 1
 }
 
-# drop_syns PORT on|off: new TCP connections to 127.0.0.1:PORT are dropped
-# (SYNs vanish, as on a dead link) or let through again.
-drop_syns() {
-    local rule=(INPUT -i lo -p tcp --dport "$1" --tcp-flags SYN,ACK,FIN,RST SYN -j DROP)
-    if [ "$2" = on ]; then
-        iptables -I "${rule[@]}"
-    elif iptables -C "${rule[@]}" 2>/dev/null; then
-        iptables -D "${rule[@]}"
+# iptables_rule on|off RULE...: insert the rule, or delete it if it is
+# there (so that a deferred "off" is harmless).
+iptables_rule() {
+    local op=$1; shift
+    if [ "$op" = on ]; then
+        iptables -I "$@"
+    elif iptables -C "$@" 2>/dev/null; then
+        iptables -D "$@"
     fi
 }
 
-@test "pull: a link that drops for 0.5, 5 and 30 s loses nothing, and the source waits for the destination's word" {
+# drop_syns PORT on|off: new TCP connections to 127.0.0.1:PORT are dropped
+# (SYNs vanish, as on a dead link) or let through again.
+drop_syns() { iptables_rule "$2" INPUT -i lo -p tcp --dport "$1" --tcp-flags SYN,ACK,FIN,RST SYN -j DROP; }
+
+# blackhole PORT on|off: every packet to or from 127.0.0.1:PORT vanishes (a
+# link that died silently: no reset, no FIN), or flows again.
+blackhole() {
+    iptables_rule "$2" INPUT -i lo -p tcp --dport "$1" -j DROP
+    iptables_rule "$2" INPUT -i lo -p tcp --sport "$1" -j DROP
+}
+
+# link_fault_setup MIB: for the link-fault tests, a source of MIB random
+# MiB with --exit-when-idle, a destination with every page mapped and
+# background streaming off, one page already read (the link works).
+link_fault_setup() {
     command -v iptables >/dev/null || { echo "iptables is missing: run scripts/install-deps.sh"; return 1; }
-    command -v ss >/dev/null || { echo "ss is missing: apt-get install iproute2"; return 1; }
-    mk_src 64 --all-random
+    mk_src "$1" --all-random
     SLOTS=$PAGES MAP=$T/map
     echo "0 0 $PAGES" >"$MAP"
     src_start --exit-when-idle
     dst_start "$SLOTS" --fault-timeout 60
-    defer drop_syns "$SRC_PORT" off
     ctl policy background off >/dev/null
     map_file "$MAP"
     "$TESTBIN/pull-rw" "$URI" check 1 image "$IMG" 1
+}
+
+@test "pull: a link that drops for 0.5, 5 and 30 s loses nothing, and the source waits for the destination's word" {
+    command -v ss >/dev/null || { echo "ss is missing: apt-get install iproute2"; return 1; }
+    link_fault_setup 64
+    defer drop_syns "$SRC_PORT" off
     slot=100
     for blip in 0.5 5 30; do
         # The link goes: every connection to the source is reset, and new
@@ -916,31 +934,9 @@ drop_syns() {
     grep -q "on tmpfs.*set TMPDIR or --store" "$T/tmpdir.log"
 }
 
-# blackhole PORT on|off: every packet to or from 127.0.0.1:PORT vanishes (a
-# link that died silently: no reset, no FIN), or flows again.
-blackhole() {
-    local dir rule
-    for dir in --dport --sport; do
-        rule=(INPUT -i lo -p tcp "$dir" "$1" -j DROP)
-        if [ "$2" = on ]; then
-            iptables -I "${rule[@]}"
-        elif iptables -C "${rule[@]}" 2>/dev/null; then
-            iptables -D "${rule[@]}"
-        fi
-    done
-}
-
 @test "pull: a link blackholed for 10 s is noticed within seconds, its connection recycled, nothing lost" {
-    command -v iptables >/dev/null || { echo "iptables is missing: run scripts/install-deps.sh"; return 1; }
-    mk_src 16 --all-random
-    SLOTS=$PAGES MAP=$T/map
-    echo "0 0 $PAGES" >"$MAP"
-    src_start --exit-when-idle
-    dst_start "$SLOTS" --fault-timeout 60
+    link_fault_setup 16
     defer blackhole "$SRC_PORT" off
-    ctl policy background off >/dev/null
-    map_file "$MAP"
-    "$TESTBIN/pull-rw" "$URI" check 1 image "$IMG" 1
     blackhole "$SRC_PORT" on
     # A read of a missing page goes out on the dead link and waits.
     "$TESTBIN/pull-rw" "$URI" check 500 image "$IMG" 500 &
