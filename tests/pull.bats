@@ -704,19 +704,22 @@ print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))'
     [ "$(data_bytes)" -eq "$WINDOW_LEN" ]
 }
 
-@test "pull: a standard NBD server (nbdkit, read-only file) works as the source" {
-    mk_src 32
-    SLOTS=9000 MAP=$T/map
-    "$TESTBIN/pull-plan" --seed "$SEED" "$PAGES" "$SLOTS" >"$MAP"
-    # nbdkit's plain 'file FILE' export is named "", which the control
-    # protocol's whitespace-separated 'map SLOT EXPORT ...' cannot name (and
-    # nbdkit's -e does not rename it): dir= serves each file of a directory
-    # as an export named after the file.
-    mkdir "$T/kit"
-    ln "$IMG" "$T/kit/mem"
+# kit_start [--OPTION...] [KEY=VALUE...]: nbdkit serving $IMG read-only as
+# export "mem" on a free port; options (a filter, say) go before the
+# plugin, parameters after it. Sets SRC_PORT. nbdkit's plain 'file FILE' export is named "", which the
+# control protocol's whitespace-separated 'map SLOT EXPORT ...' cannot name
+# (and nbdkit's -e does not rename it): dir= serves each file of a
+# directory as an export named after the file.
+kit_start() {
+    local opts=() params=() a
+    for a in "$@"; do
+        if [[ $a == --* ]]; then opts+=("$a"); else params+=("$a"); fi
+    done
+    mkdir -p "$T/kit"
+    ln -f "$IMG" "$T/kit/mem"
     for (( try=0; try<20; try++ )); do
         SRC_PORT=$(free_port)
-        nbdkit -f --exit-with-parent -i 127.0.0.1 -p "$SRC_PORT" -r file dir="$T/kit" \
+        nbdkit -f --exit-with-parent -i 127.0.0.1 -p "$SRC_PORT" -r "${opts[@]}" file dir="$T/kit" "${params[@]}" \
             >"$T/nbdkit.$try.log" 2>&1 &
         kit=$!
         defer kill_wait "$kit"
@@ -724,6 +727,13 @@ print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))'
         kill_wait "$kit"
     done
     nbdinfo --list "nbd://127.0.0.1:$SRC_PORT" | grep -q 'export="mem"'
+}
+
+@test "pull: a standard NBD server (nbdkit, read-only file) works as the source" {
+    mk_src 32
+    SLOTS=9000 MAP=$T/map
+    "$TESTBIN/pull-plan" --seed "$SEED" "$PAGES" "$SLOTS" >"$MAP"
+    kit_start
     dst_start "$SLOTS"
     # (Mapped before streaming starts: the incremental case has its own test.)
     ctl policy background off >/dev/null
@@ -734,6 +744,40 @@ print(sum(e["length"] for e in json.load(sys.stdin) if not e["type"] & 2))'
     verify_all
     "$TESTBIN/pull-expect" "$IMG" "$MAP" "$SLOTS" "$T/expected.img"
     cmp "$T/expected.img" <(nbdcopy "$URI" -)
+}
+
+@test "pull: a source answering a third of its reads with EIO: reads get the page or EIO, the stream retries sparingly and completes" {
+    [ -e /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-error-filter.so ] ||
+        ls /usr/lib/*/nbdkit/filters/nbdkit-error-filter.so >/dev/null ||
+        { echo "nbdkit's error filter is missing (package nbdkit)"; return 1; }
+    mk_src 16 --all-random
+    SLOTS=$PAGES MAP=$T/map
+    echo "0 0 $PAGES" >"$MAP"
+    kit_start --filter=error error-pread=EIO error-pread-rate=33%
+    dst_start "$SLOTS"
+    ctl policy background off >/dev/null
+    map_file "$MAP"
+    # Demand reads: each is the source's page, or EIO when the source said
+    # so; never anything else.
+    good=0 failed=0
+    for slot in $(seq 100 37 3000); do
+        if out=$("$TESTBIN/pull-rw" "$URI" check "$slot" image "$IMG" "$slot" 2>&1); then
+            good=$(( good + 1 ))
+        else
+            [[ $out == *EIO* ]] || { echo "slot $slot: $out"; return 1; }
+            failed=$(( failed + 1 ))
+        fi
+    done
+    echo "# demand reads: $good right, $failed EIO"
+    [ "$good" -gt 0 ] && [ "$failed" -gt 0 ]
+    # The stream tries every failed chunk again, later, and gets there.
+    ctl policy background on >/dev/null
+    wait_local 120
+    verify_all
+    # Its warnings are sampled: the first few, then every hundredth.
+    n=$(grep -c "answered error .* reading pages" "$PAGESRV_LOG" || true)
+    echo "# stream error warnings: $n"
+    [ "$n" -ge 1 ] && [ "$n" -le 20 ]
 }
 
 @test "pull: a source with --exit-when-idle exits by itself once the destination has everything" {
