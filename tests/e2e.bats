@@ -137,6 +137,70 @@ teardown() {
     [ "$(stat_field_of "$CONTROL" errors)" -eq 0 ]
 }
 
+# link_fault_under_process FAULT SECONDS: arm a process's memory (every page
+# on the source, background streaming on but capped, so that it is still
+# running), then make the link fail for SECONDS while the process reads its
+# whole memory through the kernel: FAULT "reset" kills every connection to
+# the source and drops new ones (ss -K + iptables), "blackhole" drops every
+# packet (no reset, no FIN). The process must see every page right.
+link_fault_under_process() {
+    local fault=$1 secs=$2 rules=()
+    command -v iptables >/dev/null || { echo "iptables is missing: run scripts/install-deps.sh"; return 1; }
+    source_start 32
+    swap_setup
+    "$PAGESRV_CTL" "$CONTROL" policy background off >/dev/null
+    "$TESTBIN/hold-region" --mib 32 --sums "$SUMS" >"$BATS_TEST_TMPDIR/hold.out" &
+    hold_pid=$!
+    defer kill_wait "$hold_pid"
+    wait_for grep -q ADDR= "$BATS_TEST_TMPDIR/hold.out"
+    line=$(head -n 1 "$BATS_TEST_TMPDIR/hold.out")
+    addr=${line#ADDR=}; addr=${addr%% *}; len=${line##*LEN=}
+    "$SWAPCOPY_BUILD/swapstub" arm --pid "$hold_pid" --addr "$addr" --len "$len" \
+        --control "$CONTROL" --device "$DEVICE" --export mem
+    "$PAGESRV_CTL" "$CONTROL" policy bandwidth 2 >/dev/null
+    "$PAGESRV_CTL" "$CONTROL" policy background on >/dev/null
+    if [ "$fault" = reset ]; then
+        rules=("INPUT -i lo -p tcp --dport $SRC_PORT --tcp-flags SYN,ACK,FIN,RST SYN -j DROP")
+    else
+        rules=("INPUT -i lo -p tcp --dport $SRC_PORT -j DROP" "INPUT -i lo -p tcp --sport $SRC_PORT -j DROP")
+    fi
+    for r in "${rules[@]}"; do
+        # shellcheck disable=SC2086 # the rule is words
+        defer bash -c "iptables -C $r 2>/dev/null && iptables -D $r || true"
+        iptables -I $r
+    done
+    [ "$fault" = reset ] && ss -K -t dst 127.0.0.1 dport = ":$SRC_PORT" >/dev/null
+    # The process reads all its memory: it blocks on the first missing page.
+    kill -USR1 "$hold_pid"
+    sleep "$secs"
+    [ "$(json_get "$("$PAGESRV_CTL" "$CONTROL" status)" state)" = source-lost ]
+    # shellcheck disable=SC2086
+    for r in "${rules[@]}"; do iptables -D $r; done
+    "$PAGESRV_CTL" "$CONTROL" policy bandwidth 0 >/dev/null
+    st=0
+    wait "$hold_pid" || st=$?
+    cat "$BATS_TEST_TMPDIR/hold.out"
+    [ "$st" -eq 0 ]
+    grep -q "CHECK verified=8192 wrong=0" "$BATS_TEST_TMPDIR/hold.out"
+    [ "$(stat_field_of "$CONTROL" errors)" -eq 0 ]
+}
+
+@test "a 0.5 s link reset under a process reading its memory through the kernel, stream running: every page right" {
+    link_fault_under_process reset 0.5
+}
+
+@test "a 5 s link reset under a process reading its memory through the kernel, stream running: every page right" {
+    link_fault_under_process reset 5
+}
+
+@test "a 30 s link reset under a process reading its memory through the kernel, stream running: every page right" {
+    link_fault_under_process reset 30
+}
+
+@test "a 10 s blackholed link under a process reading its memory through the kernel, stream running: every page right" {
+    link_fault_under_process blackhole 10
+}
+
 # kill_daemon_under_process WHICH: arm a process's memory, kill WHICH
 # (pagesrv: nbd-pagesrv, or nbdfuse) while every page is still on the
 # source, then make the process read its memory.
