@@ -137,6 +137,22 @@ teardown() {
     [ "$(stat_field_of "$CONTROL" errors)" -eq 0 ]
 }
 
+# arm_held_process MIB: a process holding MIB MiB (hold-region, its output
+# in $BATS_TEST_TMPDIR/hold.out and hold.err), armed from outside with
+# every page on the source and background streaming off. Sets hold_pid.
+arm_held_process() {
+    local line addr len
+    "$PAGESRV_CTL" "$CONTROL" policy background off >/dev/null
+    "$TESTBIN/hold-region" --mib "$1" --sums "$SUMS" >"$BATS_TEST_TMPDIR/hold.out" 2>"$BATS_TEST_TMPDIR/hold.err" &
+    hold_pid=$!
+    defer kill_wait "$hold_pid"
+    wait_for grep -q ADDR= "$BATS_TEST_TMPDIR/hold.out"
+    line=$(head -n 1 "$BATS_TEST_TMPDIR/hold.out")
+    addr=${line#ADDR=}; addr=${addr%% *}; len=${line##*LEN=}
+    "$SWAPCOPY_BUILD/swapstub" arm --pid "$hold_pid" --addr "$addr" --len "$len" \
+        --control "$CONTROL" --device "$DEVICE" --export mem
+}
+
 # link_fault_under_process FAULT SECONDS: arm a process's memory (every page
 # on the source, background streaming on but capped, so that it is still
 # running), then make the link fail for SECONDS while the process reads its
@@ -148,15 +164,7 @@ link_fault_under_process() {
     command -v iptables >/dev/null || { echo "iptables is missing: run scripts/install-deps.sh"; return 1; }
     source_start 32
     swap_setup
-    "$PAGESRV_CTL" "$CONTROL" policy background off >/dev/null
-    "$TESTBIN/hold-region" --mib 32 --sums "$SUMS" >"$BATS_TEST_TMPDIR/hold.out" &
-    hold_pid=$!
-    defer kill_wait "$hold_pid"
-    wait_for grep -q ADDR= "$BATS_TEST_TMPDIR/hold.out"
-    line=$(head -n 1 "$BATS_TEST_TMPDIR/hold.out")
-    addr=${line#ADDR=}; addr=${addr%% *}; len=${line##*LEN=}
-    "$SWAPCOPY_BUILD/swapstub" arm --pid "$hold_pid" --addr "$addr" --len "$len" \
-        --control "$CONTROL" --device "$DEVICE" --export mem
+    arm_held_process 32
     "$PAGESRV_CTL" "$CONTROL" policy bandwidth 2 >/dev/null
     "$PAGESRV_CTL" "$CONTROL" policy background on >/dev/null
     if [ "$fault" = reset ]; then
@@ -210,15 +218,7 @@ kill_daemon_under_process() {
     if [ "$1" = nbdfuse ] && [[ $DEVICE != /dev/loop* ]]; then
         skip "the swap device is $DEVICE (the kernel's nbd driver): no nbdfuse in the swap path"
     fi
-    "$PAGESRV_CTL" "$CONTROL" policy background off >/dev/null
-    "$TESTBIN/hold-region" --mib 16 --sums "$SUMS" >"$BATS_TEST_TMPDIR/hold.out" 2>"$BATS_TEST_TMPDIR/hold.err" &
-    hold_pid=$!
-    defer kill_wait "$hold_pid"
-    wait_for grep -q ADDR= "$BATS_TEST_TMPDIR/hold.out"
-    line=$(head -n 1 "$BATS_TEST_TMPDIR/hold.out")
-    addr=${line#ADDR=}; addr=${addr%% *}; len=${line##*LEN=}
-    "$SWAPCOPY_BUILD/swapstub" arm --pid "$hold_pid" --addr "$addr" --len "$len" \
-        --control "$CONTROL" --device "$DEVICE" --export mem
+    arm_held_process 16
     [ "$(json_get "$("$PAGESRV_CTL" "$CONTROL" status)" pages.remote)" -eq 4096 ]
     kill -KILL "$(cat "$STATE/$1.pid")"
     kill -USR1 "$hold_pid"
