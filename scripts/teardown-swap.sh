@@ -31,12 +31,14 @@ release_source() {
     tool=$(dirname "$(readlink -f "/proc/$pid/exe" 2>/dev/null)")/pagesrv-ctl
     [ -x "$tool" ] || tool=$(command -v pagesrv-ctl) || return 0
     st=$("$tool" "$ctl" release-landed 2>/dev/null) || return 0
-    # Complete unless pages outside any armed region are still remote.
+    # The answer is the state after the release: complete, unless pages
+    # outside any armed region are still remote (then there is nothing to
+    # tell). The message goes out in the background: give it 2 s.
     for (( i = 0; i < 100; i++ )); do
         case "$st" in
             *'"source_told_done":true'*) return 0 ;;
-            *'"state":"complete"'*|*'"state":"landed"'*) ;;
-            *) [ "$i" -ge 10 ] && return 0 ;;
+            *'"state":"complete"'*) ;;
+            *) return 0 ;;
         esac
         sleep 0.02
         st=$("$tool" "$ctl" status 2>/dev/null) || return 0

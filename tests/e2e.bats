@@ -162,7 +162,9 @@ arm_held_process() {
 link_fault_under_process() {
     local fault=$1 secs=$2 rules=()
     command -v iptables >/dev/null || { echo "iptables is missing: run scripts/install-deps.sh"; return 1; }
-    source_start 32
+    # As both migration paths run it: it must not take a lost connection
+    # for the end of the migration.
+    source_start 32 --exit-when-idle
     swap_setup
     arm_held_process 32
     "$PAGESRV_CTL" "$CONTROL" policy bandwidth 2 >/dev/null
@@ -182,6 +184,10 @@ link_fault_under_process() {
     kill -USR1 "$hold_pid"
     sleep "$secs"
     [ "$(json_get "$("$PAGESRV_CTL" "$CONTROL" status)" state)" = source-lost ]
+    kill -0 "$SRC_PID" || { echo "the source exited while the link was down"; return 1; }
+    # A blackhole sends no reset: the destination gave its connections up
+    # by itself (TCP_USER_TIMEOUT), within the time it lasted.
+    [ "$fault" = reset ] || grep -q "connection for export 'mem' to the source .* lost" "$STATE/pagesrv.log"
     # shellcheck disable=SC2086
     for r in "${rules[@]}"; do iptables -D $r; done
     "$PAGESRV_CTL" "$CONTROL" policy bandwidth 0 >/dev/null

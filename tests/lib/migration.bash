@@ -1,17 +1,18 @@
 # Helpers for tests that need a migration source and a swapcopy swap
 # device. Load after lib/common.
 
-# source_start MIB: a source image (mkimage: random, zero, hole and repeated
-# pages) served by nbd-pagesrv --export mem=IMG on a free loopback port.
-# Sets IMG SUMS SRC_PORT SRC_PID.
+# source_start MIB [nbd-pagesrv options]: a source image (mkimage: random,
+# zero, hole and repeated pages) served by nbd-pagesrv --export mem=IMG on
+# a free loopback port. Sets IMG SUMS SRC_PORT SRC_PID.
 source_start() {
     local mib=$1 i
+    shift
     IMG=$BATS_TEST_TMPDIR/src.img
     SUMS=$BATS_TEST_TMPDIR/src.crc
     "$TESTBIN/mkimage" "$IMG" "$mib" "$SUMS" >/dev/null
     for i in 1 2 3 4 5; do
         SRC_PORT=$(free_port)
-        "$PAGESRV" --export "mem=$IMG" --listen "127.0.0.1:$SRC_PORT" --no-mlock \
+        "$PAGESRV" --export "mem=$IMG" --listen "127.0.0.1:$SRC_PORT" --no-mlock "$@" \
             >"$BATS_TEST_TMPDIR/source.log" 2>&1 &
         SRC_PID=$!
         if wait_for nbdinfo --size "nbd://127.0.0.1:$SRC_PORT/mem"; then
