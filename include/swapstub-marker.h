@@ -39,10 +39,18 @@ static inline bool swapstub_marker_parse(const void *page, uint64_t *cookie, uin
     memcpy(w, page, sizeof w);
     if (w[0] != SWAPSTUB_MARKER_MAGIC)
         return false;
-    const unsigned char *p = (const unsigned char *)page + sizeof w;
-    for (unsigned i = 0; i < SWAPSTUB_PAGE - sizeof w; i++)
-        if (p[i])
-            return false;
+    /* Word by word with no early exit: the compiler vectorises it, and
+     * nbd-pagesrv parses every page of an arming (a byte loop cost it
+     * ~1 us per page, a third of the page-out time). */
+    const unsigned char *p = (const unsigned char *)page;
+    uint64_t any = 0;
+    for (unsigned i = sizeof w; i < SWAPSTUB_PAGE; i += sizeof any) {
+        uint64_t x;
+        memcpy(&x, p + i, sizeof x);
+        any |= x;
+    }
+    if (any)
+        return false;
     *cookie = w[1];
     *index = w[2];
     *origin = w[3];

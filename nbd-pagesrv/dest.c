@@ -141,16 +141,17 @@ static bool dest_map(Dest *d, uint64_t slot, const char *name, uint64_t page, ui
         }
     }
     bool ok = true;
+    uint64_t mapped = page_store_map_remote(d->ps, slot, count, p->id, page);
+    if (mapped < count) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "a slot among %" G_GUINT64_FORMAT "+%" G_GUINT64_FORMAT " was written "
+                    "while being mapped: mapped %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
+                    " slots; arm the region again", slot + mapped, count - mapped, mapped,
+                    count);
+        count = mapped;
+        ok = false;
+    }
     for (uint64_t i = 0; i < count; i++) {
-        if (!page_store_map_remote(d->ps, slot + i, p->id, page + i)) {
-            g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
-                        "slot %" G_GUINT64_FORMAT " was written while being mapped: mapped "
-                        "%" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " slots; arm the region "
-                        "again", slot + i, i, count);
-            count = i;
-            ok = false;
-            break;
-        }
         if (!p->rev[page + i])
             p->mapped++;
         __atomic_store_n(&p->rev[page + i], slot + i + 1, __ATOMIC_RELEASE);

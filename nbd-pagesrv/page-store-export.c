@@ -69,10 +69,11 @@ static void pse_stats_json(Export *e, GString *out)
         "{\"slots\":%" G_GUINT64_FORMAT ",\"local\":%" G_GUINT64_FORMAT
         ",\"ram_pages\":%" G_GUINT64_FORMAT ",\"file_pages\":%" G_GUINT64_FORMAT
         ",\"remote_pages\":%" G_GUINT64_FORMAT ",\"landed_pages\":%" G_GUINT64_FORMAT
-        ",\"marker_pages\":%" G_GUINT64_FORMAT
+        ",\"marker_pages\":%" G_GUINT64_FORMAT ",\"marker_reads\":%" G_GUINT64_FORMAT
         ",\"pool_pages\":%" G_GUINT64_FORMAT ",\"prealloc_done\":%s}",
         c.slots, c.ram_pages + c.file_pages, c.ram_pages, c.file_pages, c.remote_pages,
-        c.landed_pages, c.marker_pages, c.pool_pages, c.prealloc_done ? "true" : "false");
+        c.landed_pages, c.marker_pages, c.marker_reads, c.pool_pages,
+        c.prealloc_done ? "true" : "false");
 }
 
 static void pse_destroy(Export *e)

@@ -62,6 +62,7 @@ struct PageStore {
     void *fetch_opaque;
 
     uint64_t n_ram, n_file, n_remote, n_marker, n_landed;   /* atomics */
+    uint64_t n_marker_reads;                                /* atomic */
     bool landing;                                 /* atomic */
     bool markers_on;                              /* atomic */
     uint64_t marker_cookie;                       /* atomic */
@@ -437,6 +438,7 @@ static int slot_load(PageStore *ps, uint64_t s, unsigned in, unsigned len, unsig
         return spill_io(ps, false, dst, len, (s << PAGE_SHIFT_BITS) + in);
     case SLOT_MARKER: {
         unsigned char page[PAGE_SIZE_BYTES];
+        __atomic_add_fetch(&ps->n_marker_reads, 1, __ATOMIC_RELAXED);
         swapstub_marker_fill(page, __atomic_load_n(&ps->marker_cookie, __ATOMIC_RELAXED),
                              payload_of(e), SWAPSTUB_ORIGIN_DEVICE);
         memcpy(dst, page + in, len);
@@ -568,6 +570,18 @@ int page_store_write(PageStore *ps, const void *buf, uint32_t len, uint64_t off)
     return 0;
 }
 
+static void lock_all_stripes(PageStore *ps)
+{
+    for (unsigned i = 0; i < STRIPES; i++)
+        g_mutex_lock(&ps->stripe[i]);
+}
+
+static void unlock_all_stripes(PageStore *ps)
+{
+    for (unsigned i = STRIPES; i-- > 0;)
+        g_mutex_unlock(&ps->stripe[i]);
+}
+
 /* Whole pages [first, first+n), n <= STRIPES, become empty. Every stripe
  * lock is held (in ascending order; no other path holds two), so no write
  * can land on one of these slots between its clear and the punch that
@@ -576,8 +590,7 @@ int page_store_write(PageStore *ps, const void *buf, uint32_t len, uint64_t off)
  * and swapoff waited minutes for them. */
 static void discard_pages(PageStore *ps, uint64_t first, uint64_t n)
 {
-    for (unsigned i = 0; i < STRIPES; i++)
-        g_mutex_lock(&ps->stripe[i]);
+    lock_all_stripes(ps);
     uint64_t run_first = 0, run = 0;
     for (uint64_t s = first; s < first + n; s++) {
         if (kind_of(ps->slot[s]) == SLOT_FILE) {
@@ -592,8 +605,7 @@ static void discard_pages(PageStore *ps, uint64_t first, uint64_t n)
     }
     if (run)
         punch_spill(ps, run_first, run);
-    for (unsigned i = STRIPES; i-- > 0;)
-        g_mutex_unlock(&ps->stripe[i]);
+    unlock_all_stripes(ps);
 }
 
 int page_store_discard(PageStore *ps, uint32_t len, uint64_t off)
@@ -639,6 +651,7 @@ void page_store_counts(PageStore *ps, PageStoreCounts *out)
     out->remote_pages = __atomic_load_n(&ps->n_remote, __ATOMIC_RELAXED);
     out->landed_pages = __atomic_load_n(&ps->n_landed, __ATOMIC_RELAXED);
     out->marker_pages = __atomic_load_n(&ps->n_marker, __ATOMIC_RELAXED);
+    out->marker_reads = __atomic_load_n(&ps->n_marker_reads, __ATOMIC_RELAXED);
     g_mutex_lock(&ps->pool_lock);
     out->pool_pages = MIN(ps->nchunks * POOL_CHUNK_PAGES, ps->pool_max);
     g_mutex_unlock(&ps->pool_lock);
@@ -692,22 +705,48 @@ static void prefetch_window(PageStore *ps, uint64_t first, uint64_t last)
     ps->prefetch(ps->fetch_opaque, want, n, urgent);
 }
 
-bool page_store_map_remote(PageStore *ps, uint64_t slot, unsigned export_id, uint64_t page)
+/* Slots per hold of every stripe lock: long enough that the 256 lock
+ * operations are nothing per slot, short enough (~0.1 ms) that a reader
+ * waiting on a stripe is not held up. */
+#define MAP_BATCH_SLOTS 16384
+
+/* One batch, all or nothing: returns false, mapping nothing, if a slot
+ * holds data. */
+static bool map_batch(PageStore *ps, uint64_t slot, uint64_t n, unsigned export_id,
+                      uint64_t page)
 {
-    if (slot >= ps->nslots)
-        return false;
-    GMutex *lock = lock_for(ps, slot);
-    g_mutex_lock(lock);
-    SlotKind k = kind_of(ps->slot[slot]);
-    if (k == SLOT_RAM || k == SLOT_FILE) {
-        g_mutex_unlock(lock);
-        return false;
+    uint64_t was[SLOT_LANDED + 1] = { 0 };
+    lock_all_stripes(ps);
+    for (uint64_t i = 0; i < n; i++) {
+        SlotKind k = kind_of(ps->slot[slot + i]);
+        if (k == SLOT_RAM || k == SLOT_FILE) {
+            unlock_all_stripes(ps);
+            return false;
+        }
+        was[k]++;
     }
-    slot_clear(ps, slot);
-    ps->slot[slot] = make_entry(SLOT_REMOTE, remote_payload(export_id, page));
-    __atomic_add_fetch(&ps->n_remote, 1, __ATOMIC_RELAXED);
-    g_mutex_unlock(lock);
+    for (uint64_t i = 0; i < n; i++)
+        ps->slot[slot + i] = make_entry(SLOT_REMOTE, remote_payload(export_id, page + i));
+    __atomic_add_fetch(&ps->n_remote, n - was[SLOT_REMOTE], __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&ps->n_marker, was[SLOT_MARKER], __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&ps->n_landed, was[SLOT_LANDED], __ATOMIC_RELAXED);
+    unlock_all_stripes(ps);
     return true;
+}
+
+uint64_t page_store_map_remote(PageStore *ps, uint64_t slot, uint64_t n, unsigned export_id,
+                               uint64_t page)
+{
+    if (slot >= ps->nslots || n > ps->nslots - slot)
+        return 0;
+    uint64_t done = 0;
+    while (done < n) {
+        uint64_t k = MIN(n - done, (uint64_t)MAP_BATCH_SLOTS);
+        if (!map_batch(ps, slot + done, k, export_id, page + done))
+            break;
+        done += k;
+    }
+    return done;
 }
 
 void page_store_set_landing(PageStore *ps, bool on)

@@ -60,6 +60,9 @@ typedef struct {
     uint64_t remote_pages;       /* mapped to the source, not yet local */
     uint64_t landed_pages;       /* handed to the kernel, not kept (landing mode) */
     uint64_t marker_pages;       /* armed, not mapped yet */
+    uint64_t marker_reads;       /* reads of marker slots ever served: a region armed for
+                                  * later mapping is still out of the swap cache while
+                                  * this count has not moved */
     uint64_t pool_pages;         /* RAM pool mapped so far (used or not) */
     bool prealloc_done;          /* --mem-prealloc finished (or not asked for) */
 } PageStoreCounts;
@@ -91,13 +94,17 @@ void page_store_expect_markers(PageStore *ps, bool on, uint64_t cookie);
  * swap readahead is about to ask for them. */
 void page_store_set_fetcher(PageStore *ps, PageFetchFn fetch, PagePrefetchFn prefetch,
                             unsigned cluster, void *opaque);
-/* Map slot -> remote page, replacing what the slot held: the marker page
- * written while the region was armed, nothing, or an earlier mapping. A
- * slot holding data (a page the kernel swapped out to it: on this
- * top-priority device, maybe another process's) is left alone. A later
- * write to the slot makes it local again. Returns false if slot is out of
- * range or holds data. */
-bool page_store_map_remote(PageStore *ps, uint64_t slot, unsigned export_id, uint64_t page);
+/* Map slots [slot, slot+n) -> remote pages [page, page+n) of export_id,
+ * replacing what each slot held: the marker page written while the region
+ * was armed, nothing, or an earlier mapping. A slot holding data (a page
+ * the kernel swapped out to it: on this top-priority device, maybe another
+ * process's) is left alone, and so is the rest of its batch. A later write
+ * to a slot makes it local again. Returns how many slots were mapped, from
+ * the first: n unless a slot held data. Costs one pass over the run with
+ * every slot lock taken once per batch of MAP_BATCH_SLOTS, not a lock per
+ * page. */
+uint64_t page_store_map_remote(PageStore *ps, uint64_t slot, uint64_t n, unsigned export_id,
+                               uint64_t page);
 SlotKind page_store_slot_kind(PageStore *ps, uint64_t slot);
 /* Landing mode: a read of a remote slot hands the fetched page to the
  * reader (the kernel, swapping it in) without storing it, and the slot
