@@ -203,7 +203,8 @@ static bool check_untouched(SwapStub *s, uint64_t *pm, GError **error)
     return true;
 }
 
-bool swapstub_arm_madvise(SwapStub *s, int advice, SwapStubArmReport *r, GError **error)
+bool swapstub_arm_madvise(SwapStub *s, int advice, bool map_later, SwapStubArmReport *r,
+                          GError **error)
 {
     g_autofree uint64_t *pm = g_new(uint64_t, s->pages);
     r->method = "madv_swapstub";
@@ -225,18 +226,15 @@ bool swapstub_arm_madvise(SwapStub *s, int advice, SwapStubArmReport *r, GError 
         }
         s->slot[i] = pm_swap_offset(pm[i]);
     }
-    if (!swapstub_register_mapping(s, r, error) || !swapstub_verify_slots(s, error))
+    if (!swapstub_daemon_marker_reads(s, &s->marker_reads, error))
         goto undo;
-    return true;
+    r->marker_reads = s->marker_reads;
+    if (map_later)
+        return true;
+    /* swapstub_map() leaves the region disarmed (zeros) if it fails. */
+    return swapstub_map(s, r, error);
 
 undo:
-    /* Our own region: drop the swap entries (the slots are freed). Another
-     * process's: overwrite with zeros, as the stock path does. */
-    if (!target_is_self(&s->t))
-        swapstub_disarm(s);
-    else if (madvise((void *)(uintptr_t)s->addr, s->pages * SS_PAGE, MADV_DONTNEED) < 0)
-        g_warning("undoing the failed arm: MADV_DONTNEED of the region failed: %s; its pages "
-                  "may still be on %s: do not run the workload on it", g_strerror(errno),
-                  s->device);
+    swapstub_disarm(s);
     return false;
 }

@@ -65,11 +65,22 @@ static uint64_t page_addr(const SwapStub *s, uint64_t i)
     return s->addr + i * SS_PAGE;
 }
 
-static bool write_markers(SwapStub *s, uint64_t cookie, GError **error)
+/* Pages [first, first+n) of the region: arming works through it one
+ * chunk at a time (see ARM_CHUNK_BYTES). */
+typedef struct {
+    uint64_t first, n;
+} Span;
+
+static Span whole(const SwapStub *s)
+{
+    return (Span){ 0, s->pages };
+}
+
+static bool write_markers(SwapStub *s, uint64_t cookie, Span sp, GError **error)
 {
     g_autofree unsigned char *buf = g_malloc((size_t)BATCH_PAGES * SS_PAGE);
-    for (uint64_t i = 0; i < s->pages; i += BATCH_PAGES) {
-        uint64_t n = MIN((uint64_t)BATCH_PAGES, s->pages - i);
+    for (uint64_t i = sp.first; i < sp.first + sp.n; i += BATCH_PAGES) {
+        uint64_t n = MIN((uint64_t)BATCH_PAGES, sp.first + sp.n - i);
         for (uint64_t j = 0; j < n; j++)
             swapstub_marker_fill(buf + j * SS_PAGE, cookie, i + j, SWAPSTUB_ORIGIN_WRITTEN);
         if (!target_write(&s->t, page_addr(s, i), buf, n * SS_PAGE, error))
@@ -78,32 +89,42 @@ static bool write_markers(SwapStub *s, uint64_t cookie, GError **error)
     return true;
 }
 
-static bool daemon_marker_pages(SwapStub *s, uint64_t *out, GError **error)
+static bool daemon_stat(SwapStub *s, const char *key, uint64_t *out, GError **error)
 {
     g_autofree char *st = swapstub_control(s->control, "stats", error);
     if (!st)
         return false;
-    if (!json_u64(st, "marker_pages", out)) {
+    if (!json_u64(st, key, out)) {
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
-                    "nbd-pagesrv at %s does not report marker_pages: is it an older version?",
-                    s->control);
+                    "nbd-pagesrv at %s does not report %s: is it an older version?",
+                    s->control, key);
         return false;
     }
     return true;
 }
 
+static bool daemon_marker_pages(SwapStub *s, uint64_t *out, GError **error)
+{
+    return daemon_stat(s, "marker_pages", out, error);
+}
+
+bool swapstub_daemon_marker_reads(SwapStub *s, uint64_t *out, GError **error)
+{
+    return daemon_stat(s, "marker_reads", out, error);
+}
+
 /* A page the pass could not isolate was not written: page the region out
  * again (pages already out are skipped by the kernel). */
-static bool pageout_again(SwapStub *s, GError **error)
+static bool pageout_again(SwapStub *s, Span sp, GError **error)
 {
     return swapstub_drain_lru_batches(error) &&
-           target_madvise(&s->t, s->addr, s->pages * SS_PAGE, MADV_PAGEOUT, error);
+           target_madvise(&s->t, page_addr(s, sp.first), sp.n * SS_PAGE, MADV_PAGEOUT, error);
 }
 
 /* The kernel may still be writing markers when MADV_PAGEOUT returns, and a
  * page under writeback cannot leave the swap cache: wait until the daemon
  * has every one. */
-static bool wait_markers_written(SwapStub *s, uint64_t before, GError **error)
+static bool wait_markers_written(SwapStub *s, uint64_t before, Span sp, GError **error)
 {
     gint64 start = g_get_monotonic_time(), deadline = start + MARKER_WAIT_US;
     gint64 next_pass = start + G_USEC_PER_SEC;
@@ -111,22 +132,22 @@ static bool wait_markers_written(SwapStub *s, uint64_t before, GError **error)
     for (;;) {
         if (!daemon_marker_pages(s, &have, error))
             return false;
-        if (have >= before + s->pages)
+        if (have >= before + sp.n)
             return true;
         gint64 now = g_get_monotonic_time();
         if (now > deadline)
             break;
         if (now > next_pass) {
-            if (!pageout_again(s, error))
+            if (!pageout_again(s, sp, error))
                 return false;
             next_pass = now + G_USEC_PER_SEC;
         }
-        g_usleep(5000);
+        g_usleep(1000);
     }
     g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
                 "only %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " marker pages reached "
                 "nbd-pagesrv within %d s: is %s the highest-priority swap device, and is "
-                "zswap off?%s", have - before, s->pages, (int)(MARKER_WAIT_US / G_USEC_PER_SEC),
+                "zswap off?%s", have - before, sp.n, (int)(MARKER_WAIT_US / G_USEC_PER_SEC),
                 s->device, swapstub_kernel_has_madv_swapstub()
                     ? " Or is it stub-only (setup-swap.sh --stub), where swap-out never "
                       "writes: arm it with MADV_SWAPSTUB (unset SWAPSTUB_ARM_METHOD)" : "");
@@ -134,28 +155,28 @@ static bool wait_markers_written(SwapStub *s, uint64_t before, GError **error)
 }
 
 /* Record every page's slot; pages not swapped yet are paged out again. */
-static bool collect_slots(SwapStub *s, GError **error)
+static bool collect_slots(SwapStub *s, Span sp, GError **error)
 {
-    g_autofree uint64_t *pm = g_new(uint64_t, s->pages);
+    g_autofree uint64_t *pm = g_new(uint64_t, sp.n);
     for (int attempt = 0;; attempt++) {
-        if (!target_pagemap(&s->t, s->addr, s->pages, pm, error))
+        if (!target_pagemap(&s->t, page_addr(s, sp.first), sp.n, pm, error))
             return false;
         uint64_t missing = 0, first_missing = 0;
-        for (uint64_t i = 0; i < s->pages; i++) {
+        for (uint64_t i = 0; i < sp.n; i++) {
             if (!(pm[i] & PM_SWAPPED)) {
                 if (!missing++)
-                    first_missing = i;
+                    first_missing = sp.first + i;
                 continue;
             }
             if (pm_swap_type(pm[i]) != s->type) {
                 g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
                             "page %" G_GUINT64_FORMAT " went to swap type %u, not to %s (type "
                             "%u): another swap device has the same or higher priority; give "
-                            "%s the highest (swapon -p 32767)", i, pm_swap_type(pm[i]),
-                            s->device, s->type, s->device);
+                            "%s the highest (swapon -p 32767)", sp.first + i,
+                            pm_swap_type(pm[i]), s->device, s->type, s->device);
                 return false;
             }
-            s->slot[i] = pm_swap_offset(pm[i]);
+            s->slot[sp.first + i] = pm_swap_offset(pm[i]);
         }
         if (!missing)
             return true;
@@ -166,7 +187,7 @@ static bool collect_slots(SwapStub *s, GError **error)
                         "pinned?", missing, first_missing);
             return false;
         }
-        if (!pageout_again(s, error))
+        if (!pageout_again(s, sp, error))
             return false;
         g_usleep(10000);
     }
@@ -175,27 +196,28 @@ static bool collect_slots(SwapStub *s, GError **error)
 /* This process: mincore sees the swap cache, so only cached pages are
  * faulted in (no device reads) and paged out again. Returns how many
  * pages were still cached. */
-static int64_t evict_self(SwapStub *s, GError **error)
+static int64_t evict_self(SwapStub *s, Span sp, GError **error)
 {
-    g_autofree unsigned char *vec = g_malloc(s->pages);
-    if (mincore((void *)(uintptr_t)s->addr, s->pages * SS_PAGE, vec) < 0) {
+    g_autofree unsigned char *vec = g_malloc(sp.n);
+    if (mincore((void *)(uintptr_t)page_addr(s, sp.first), sp.n * SS_PAGE, vec) < 0) {
         g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
                     "mincore of the region failed: %s", g_strerror(errno));
         return -1;
     }
     int64_t cached = 0;
-    for (uint64_t i = 0; i < s->pages;) {
+    for (uint64_t i = 0; i < sp.n;) {
         if (!(vec[i] & 1)) {
             i++;
             continue;
         }
         uint64_t j = i;
-        while (j < s->pages && (vec[j] & 1))
+        while (j < sp.n && (vec[j] & 1))
             j++;
         cached += (int64_t)(j - i);
         size_t len = (j - i) * SS_PAGE;
-        if (!target_madvise(&s->t, page_addr(s, i), len, MADV_POPULATE_READ, error) ||
-            !target_madvise(&s->t, page_addr(s, i), len, MADV_PAGEOUT, error))
+        uint64_t at = page_addr(s, sp.first + i);
+        if (!target_madvise(&s->t, at, len, MADV_POPULATE_READ, error) ||
+            !target_madvise(&s->t, at, len, MADV_PAGEOUT, error))
             return -1;
         i = j;
     }
@@ -205,22 +227,27 @@ static int64_t evict_self(SwapStub *s, GError **error)
 /* Another process: read every page back (its swap cache cannot be
  * inspected page by page), which maps each one again; a page still showing
  * the marker we wrote came from the swap cache, one flagged by nbd-pagesrv
- * came from the device. Then page everything out again, in one pass after
- * all the reads: a read from the device also brings its neighbours into the
- * swap cache (readahead), and a neighbour already paged out would stay
- * there, unmapped, where no later pass reaches it. */
-static int64_t evict_remote(SwapStub *s, GError **error)
+ * came from the device. Only each marker's header is copied (magic,
+ * cookie, index, origin): the read faults are what evicts, and a whole
+ * read of 1 GiB plus its parse cost more than the faults did; that nothing
+ * else wrote the region is proven afterwards by the slots in pagemap. Then
+ * page everything out again, in one pass after all the reads: a read from
+ * the device also brings its neighbours into the swap cache (readahead),
+ * and a neighbour already paged out would stay there, unmapped, where no
+ * later pass reaches it. */
+static int64_t evict_remote(SwapStub *s, uint64_t cookie, Span sp, GError **error)
 {
-    g_autofree unsigned char *buf = g_malloc((size_t)BATCH_PAGES * SS_PAGE);
+    enum { HEAD = 4 * sizeof(uint64_t) };
+    g_autofree uint64_t *head = g_malloc((size_t)BATCH_PAGES * HEAD);
     int64_t cached = 0;
-    for (uint64_t i = 0; i < s->pages; i += BATCH_PAGES) {
-        uint64_t n = MIN((uint64_t)BATCH_PAGES, s->pages - i);
-        if (!target_read(&s->t, page_addr(s, i), buf, n * SS_PAGE, error))
+    for (uint64_t i = sp.first; i < sp.first + sp.n; i += BATCH_PAGES) {
+        uint64_t n = MIN((uint64_t)BATCH_PAGES, sp.first + sp.n - i);
+        if (!target_read_heads(&s->t, page_addr(s, i), n, HEAD, head, error))
             return -1;
         for (uint64_t j = 0; j < n; j++) {
-            uint64_t cookie, index, origin;
-            if (!swapstub_marker_parse(buf + j * SS_PAGE, &cookie, &index, &origin) ||
-                index != i + j) {
+            const uint64_t *w = head + j * 4;
+            if (w[0] != SWAPSTUB_MARKER_MAGIC || w[1] != cookie || w[2] != i + j ||
+                (w[3] != SWAPSTUB_ORIGIN_WRITTEN && w[3] != SWAPSTUB_ORIGIN_DEVICE)) {
                 g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
                             "page %" G_GUINT64_FORMAT " of the region holds neither our marker "
                             "nor the device's: something wrote to the region while it was "
@@ -228,11 +255,11 @@ static int64_t evict_remote(SwapStub *s, GError **error)
                             i + j);
                 return -1;
             }
-            if (origin == SWAPSTUB_ORIGIN_WRITTEN)
+            if (w[3] == SWAPSTUB_ORIGIN_WRITTEN)
                 cached++;
         }
     }
-    if (!pageout_again(s, error))
+    if (!pageout_again(s, sp, error))
         return -1;
     return cached;
 }
@@ -241,11 +268,11 @@ static int64_t evict_remote(SwapStub *s, GError **error)
  * device is dedicated, so what remains would be ours). */
 static bool swap_cache_settled(int64_t baseline)
 {
-    for (int i = 0; i < 100; i++) {
+    for (int i = 0; i < 500; i++) {
         int64_t now = swapdev_swap_cached_pages();
         if (now >= 0 && now <= baseline)
             return true;
-        g_usleep(10000);
+        g_usleep(2000);
     }
     return false;
 }
@@ -253,8 +280,8 @@ static bool swap_cache_settled(int64_t baseline)
 /* Pages still under writeback cannot leave the swap cache yet (the device
  * acknowledged them, but the kernel may not have finished completing the
  * I/O): retry with growing pauses until the time budget is spent. */
-static bool evict(SwapStub *s, unsigned max_rounds, int64_t baseline, bool mapped,
-                  SwapStubArmReport *r, GError **error)
+static bool evict(SwapStub *s, uint64_t cookie, Span sp, unsigned max_rounds,
+                  int64_t baseline, bool mapped, SwapStubArmReport *r, GError **error)
 {
     gint64 deadline = g_get_monotonic_time() + (gint64)max_rounds * G_USEC_PER_SEC;
     gulong pause = 1000;
@@ -262,16 +289,17 @@ static bool evict(SwapStub *s, unsigned max_rounds, int64_t baseline, bool mappe
     for (unsigned round = 1;; round++) {
         if (!swapstub_drain_lru_batches(error))
             return false;
-        cached = target_is_self(&s->t) ? evict_self(s, error) : evict_remote(s, error);
+        cached = target_is_self(&s->t) ? evict_self(s, sp, error)
+                                       : evict_remote(s, cookie, sp, error);
         if (cached < 0)
             return false;
         g_debug("eviction round %u: %" G_GINT64_FORMAT " pages still cached, SwapCached %"
                 G_GINT64_FORMAT " (%" G_GINT64_FORMAT " before arming)", round, cached,
                 swapdev_swap_cached_pages(), baseline);
         if (round == 1 && !mapped)
-            r->still_cached_first = (uint64_t)cached;
+            r->still_cached_first += (uint64_t)cached;
         if (!mapped)
-            r->rounds = round;
+            r->rounds = MAX(r->rounds, round);
         /* Another process: the round mapped every page and paged it out
          * again, so the region's pages are out of the swap cache once the
          * global count is back to its level before arming. Asking also
@@ -349,10 +377,20 @@ static void markers_off(SwapStub *s)
         g_warning("swapstub: 'markers off': %s", err->message);
 }
 
-/* Undo a failed arm: every page becomes zero, plain memory. */
+/* Undo a failed arm: every page becomes zero, plain memory. Ours are
+ * dropped, swap entries and all; another process's are overwritten (no
+ * process_madvise advice drops pages), each write fault reading its page
+ * back first. */
 void swapstub_disarm(SwapStub *s)
 {
     g_autoptr(GError) err = NULL;
+    if (target_is_self(&s->t)) {
+        if (madvise((void *)(uintptr_t)s->addr, s->pages * SS_PAGE, MADV_DONTNEED) < 0)
+            g_warning("undoing the failed arm: MADV_DONTNEED of the region failed: %s; its "
+                      "pages may still be on %s: do not run the workload on it",
+                      g_strerror(errno), s->device);
+        return;
+    }
     static const unsigned char zero[SS_PAGE * 16];
     for (uint64_t i = 0; i < s->pages; i += 16) {
         uint64_t n = MIN((uint64_t)16, s->pages - i);
@@ -362,6 +400,34 @@ void swapstub_disarm(SwapStub *s)
             return;
         }
     }
+}
+
+/* Arming goes through the region a chunk at a time, each chunk out of the
+ * swap cache before the next one's markers are written: the next chunk's
+ * first touch then gets the memory the last one freed, and fresh memory is
+ * what costs (on these machines' hypervisor, 2-3 s per GiB the first time,
+ * against 0.1 s for memory used before), and arming never holds more than
+ * a chunk of the region in memory. Chunks end on 2 MiB boundaries, so
+ * that huge pages page out whole. */
+#define ARM_CHUNK_BYTES (UINT64_C(128) << 20)
+#define HUGE_BYTES (UINT64_C(2) << 20)
+
+static Span next_chunk(const SwapStub *s, uint64_t first)
+{
+    if (first >= s->pages)
+        return (Span){ first, 0 };
+    uint64_t end = (page_addr(s, first) + ARM_CHUNK_BYTES) & ~(HUGE_BYTES - 1);
+    uint64_t n = (end - page_addr(s, first)) / SS_PAGE;
+    return (Span){ first, MIN(n, s->pages - first) };
+}
+
+/* Seconds since *t, which moves on to now. */
+static double phase_seconds(gint64 *t)
+{
+    gint64 now = g_get_monotonic_time();
+    double d = (double)(now - *t) / 1e6;
+    *t = now;
+    return d;
 }
 
 SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GError **error)
@@ -393,7 +459,7 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
             goto fail_early;
         }
         if (!target_check_private_anon(&s->t, s->addr, s->pages * SS_PAGE, error) ||
-            !swapstub_arm_madvise(s, advice, r, error))
+            !swapstub_arm_madvise(s, advice, cfg->map_later, r, error))
             goto fail_early;
         r->seconds = (double)(g_get_monotonic_time() - t0) / 1e6;
         return s;
@@ -417,30 +483,41 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
     int64_t baseline = swapdev_swap_cached_pages();
     uint64_t cookie = (uint64_t)g_random_int() << 32 | g_random_int();
     expect = g_strdup_printf("markers %" G_GINT64_MODIFIER "x", cookie);
-    if (!(ok = swapstub_control(s->control, expect, error)) ||
-        !daemon_marker_pages(s, &markers_before, error) || !write_markers(s, cookie, error) ||
-        !pageout_again(s, error) ||
-        !wait_markers_written(s, markers_before, error) || !collect_slots(s, error) ||
-        !evict(s, cfg->evict_seconds ? cfg->evict_seconds : 30, baseline, false, r, error) ||
-        !swapstub_register_mapping(s, r, error))
+    if (!(ok = swapstub_control(s->control, expect, error)))
         goto fail;
-    /* A kernel readahead between the last check and the mapping could have
-     * cached a marker: look again without reading anything (a read would
-     * now pull the page from the source). */
-    if (target_is_self(&s->t)) {
-        if (!evict(s, 3, baseline, true, r, error))
+    /* One chunk after the other, each out of the swap cache before the next
+     * one's markers are written. (Writing the next chunk's markers while
+     * this one's page-out travels through the device was slower: the
+     * machine is short of CPU then, not of I/O, and twice the fresh
+     * memory is in use.) */
+    for (Span sp = next_chunk(s, 0); sp.n; sp = next_chunk(s, sp.first + sp.n)) {
+        gint64 t_phase = g_get_monotonic_time();
+        /* Each chunk's own baseline: the earlier chunks are out of the swap
+         * cache and this one is not in it yet, so what other processes put
+         * there during earlier chunks (a DAMON page-out scheme does, on
+         * these machines) does not count against this one. */
+        baseline = swapdev_swap_cached_pages();
+        if (!daemon_marker_pages(s, &markers_before, error) ||
+            !write_markers(s, cookie, sp, error))
             goto fail;
-    } else if (!swap_cache_settled(baseline)) {
-        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
-                    "the swap cache did not drain after the mapping went live (SwapCached "
-                    "%" G_GINT64_FORMAT " pages, %" G_GINT64_FORMAT " before arming): is "
-                    "another process swapping? Arm again when swap is quiet",
-                    swapdev_swap_cached_pages(), baseline);
-        goto fail;
+        r->markers_s += phase_seconds(&t_phase);
+        if (!pageout_again(s, sp, error) || !wait_markers_written(s, markers_before, sp, error) ||
+            !collect_slots(s, sp, error))
+            goto fail;
+        r->pageout_s += phase_seconds(&t_phase);
+        if (!evict(s, cookie, sp, cfg->evict_seconds ? cfg->evict_seconds : 30, baseline, false,
+                   r, error))
+            goto fail;
+        r->evict_s += phase_seconds(&t_phase);
     }
-    if (!swapstub_verify_slots(s, error))
+    /* Every page is out of the swap cache now, and only a read of one of
+     * its slots could bring one back. */
+    if (!swapstub_daemon_marker_reads(s, &s->marker_reads, error))
         goto fail;
+    r->marker_reads = s->marker_reads;
     markers_off(s);
+    if (!cfg->map_later && !swapstub_map(s, r, error))
+        goto fail_early;               /* swapstub_map disarmed it */
     r->seconds = (double)(g_get_monotonic_time() - t0) / 1e6;
     return s;
 
@@ -450,6 +527,66 @@ fail:
 fail_early:
     swapstub_free(s);
     return NULL;
+}
+
+/* The mapping is live: a page of the region still in the swap cache would
+ * now be read as the source's page while it holds a marker. */
+static bool none_cached_since_arming(SwapStub *s, SwapStubArmReport *r, GError **error)
+{
+    if (target_is_self(&s->t))
+        return evict(s, 0, whole(s), 3, 0, true, r, error);   /* mincore sees our cache */
+    uint64_t reads;
+    if (!swapstub_daemon_marker_reads(s, &reads, error))
+        return false;
+    if (reads != s->marker_reads) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                    "nbd-pagesrv served %" G_GUINT64_FORMAT " reads of marker slots since "
+                    "the region of process %d was armed: one of its pages may be back in the "
+                    "swap cache (something touched the region, or armed another one through "
+                    "the same nbd-pagesrv meanwhile); arm it again",
+                    reads - s->marker_reads, (int)s->t.pid);
+        return false;
+    }
+    return true;
+}
+
+bool swapstub_map(SwapStub *s, SwapStubArmReport *report, GError **error)
+{
+    SwapStubArmReport local = { 0 }, *r = report ? report : &local;
+    gint64 t = g_get_monotonic_time();
+    if (s->mapped) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL, "the region is mapped already");
+        return false;
+    }
+    if (!swapstub_verify_slots(s, error) || !swapstub_register_mapping(s, r, error) ||
+        !none_cached_since_arming(s, r, error) ||
+        !swapstub_verify_slots(s, error)) {
+        swapstub_disarm(s);
+        return false;
+    }
+    s->mapped = true;
+    r->map_s = (double)(g_get_monotonic_time() - t) / 1e6;
+    return true;
+}
+
+SwapStub *swapstub_attach_armed(const SwapStubConfig *cfg, uint64_t marker_reads,
+                                GError **error)
+{
+    SwapStub *s = swapstub_attach(cfg, error);
+    if (!s)
+        return NULL;
+    for (uint64_t i = 0; i < s->pages; i++) {
+        if (s->converted[i]) {
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                        "page %" G_GUINT64_FORMAT " of the region is not swapped out to %s: "
+                        "it was not armed, or was touched since; arm it again", i,
+                        cfg->device);
+            swapstub_free(s);
+            return NULL;
+        }
+    }
+    s->marker_reads = marker_reads;
+    return s;
 }
 
 SwapStub *swapstub_attach(const SwapStubConfig *cfg, GError **error)

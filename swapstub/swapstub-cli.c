@@ -17,6 +17,8 @@ typedef struct {
     gint64 export_page;
     gboolean no_wait;
     gboolean quiet;
+    gboolean map_later;
+    char *marker_reads;
     gboolean stub, discard_pages;
     gint priority;
 } Args;
@@ -76,13 +78,68 @@ static int cmd_arm(const Args *a, GError **error)
     SwapStubArmReport r;
     if (!build_config(a, &cfg, true, error))
         return 1;
+    cfg.map_later = a->map_later;
     SwapStub *s = swapstub_arm(&cfg, &r, error);
     if (!s)
         return 1;
     printf("armed pages=%" G_GUINT64_FORMAT " map_runs=%" G_GUINT64_FORMAT " rounds=%u "
-           "cached_after_first_pageout=%" G_GUINT64_FORMAT " method=%s seconds=%.3f\n",
-           r.pages, r.map_runs, r.rounds, r.still_cached_first, r.method, r.seconds);
+           "cached_after_first_pageout=%" G_GUINT64_FORMAT " method=%s seconds=%.3f "
+           "markers_s=%.3f pageout_s=%.3f evict_s=%.3f map_s=%.3f mapped=%s "
+           "marker_reads=%" G_GUINT64_FORMAT "\n",
+           r.pages, r.map_runs, r.rounds, r.still_cached_first, r.method, r.seconds,
+           r.markers_s, r.pageout_s, r.evict_s, r.map_s, a->map_later ? "no" : "yes",
+           r.marker_reads);
     swapstub_free(s);
+    return 0;
+}
+
+/* The second half of 'arm --map-later', once the source's export exists. */
+static int cmd_map(const Args *a, GError **error)
+{
+    SwapStubConfig cfg;
+    uint64_t reads;
+    if (!build_config(a, &cfg, true, error))
+        return 1;
+    if (!a->marker_reads) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                    "needs --marker-reads N, as 'arm --map-later' printed it");
+        return 1;
+    }
+    if (!parse_u64_arg("--marker-reads", a->marker_reads, &reads, error))
+        return 1;
+    SwapStub *s = swapstub_attach_armed(&cfg, reads, error);
+    if (!s)
+        return 1;
+    SwapStubArmReport r = { 0 };
+    bool ok = swapstub_map(s, &r, error);
+    if (ok)
+        printf("mapped pages=%" G_GUINT64_FORMAT " map_runs=%" G_GUINT64_FORMAT
+               " seconds=%.3f\n", swapstub_pages(s), r.map_runs, r.map_s);
+    swapstub_free(s);
+    return ok ? 0 : 1;
+}
+
+/* A region armed ahead whose migration will not happen. */
+static int cmd_disarm(const Args *a, GError **error)
+{
+    SwapStubConfig cfg;
+    if (!build_config(a, &cfg, false, error))
+        return 1;
+    SwapStub *s = swapstub_attach(&cfg, error);
+    if (!s)
+        return 1;
+    swapstub_disarm(s);
+    int64_t left = swapstub_pages_on_device(s, error);
+    swapstub_free(s);
+    if (left < 0)
+        return 1;
+    if (left > 0) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                    "%" G_GINT64_FORMAT " pages of the region are still on %s after disarming",
+                    left, cfg.device);
+        return 1;
+    }
+    printf("disarmed: every page of the region is plain memory (zeros)\n");
     return 0;
 }
 
@@ -192,6 +249,10 @@ int main(int argc, char **argv)
         { "no-wait", 0, 0, G_OPTION_ARG_NONE, &a.no_wait,
           "finish: do not wait for every page to be local first", NULL },
         { "quiet", 'q', 0, G_OPTION_ARG_NONE, &a.quiet, "No progress line", NULL },
+        { "map-later", 0, 0, G_OPTION_ARG_NONE, &a.map_later,
+          "arm: do not register the slots yet ('map' does, once the source exists)", NULL },
+        { "marker-reads", 0, 0, G_OPTION_ARG_STRING, &a.marker_reads,
+          "map: the marker_reads= that 'arm --map-later' printed", "N" },
         { "stub", 0, 0, G_OPTION_ARG_NONE, &a.stub,
           "swapon: stub-only device (SWAP_FLAG_STUB, mm-patch-madvise)", NULL },
         { "priority", 0, 0, G_OPTION_ARG_INT, &a.priority, "swapon: priority (0-32767)", "N" },
@@ -201,10 +262,13 @@ int main(int argc, char **argv)
     };
     g_autoptr(GError) error = NULL;
     g_autoptr(GOptionContext) ctx =
-        g_option_context_new("arm|finish|status|swapon [DEVICE] - swapcopy's region tool");
+        g_option_context_new("arm|map|disarm|finish|status|swapon [DEVICE] - swapcopy's region tool");
     g_option_context_add_main_entries(ctx, entries, NULL);
     g_option_context_set_description(ctx,
         "  arm     set the region up as swapped out to DEV, backed by EXPORT on the source\n"
+        "          (--map-later: ahead of the migration, before the source's export exists)\n"
+        "  map     register a region armed with --map-later (--marker-reads from its output)\n"
+        "  disarm  undo an arm that will not be used: the region becomes zeros\n"
         "  finish  wait until every page is local, then convert the region back\n"
         "  status  show the daemon's progress (and the region's, given --addr/--len/--device)\n"
         "  swapon  swapon DEVICE, with --stub as a stub-only device (arming with\n"
@@ -215,7 +279,7 @@ int main(int argc, char **argv)
     if (!parsed || argc != (is_swapon ? 3 : 2)) {
         fprintf(stderr, "swapstub: %s\n", error ? error->message
                 : is_swapon ? "swapon takes one device: swapstub swapon [--stub] DEVICE"
-                            : "give one command: arm, finish, status or swapon DEVICE");
+                            : "give one command: arm, map, disarm, finish, status or swapon DEVICE");
         return 2;
     }
     int rc;
@@ -223,17 +287,22 @@ int main(int argc, char **argv)
         rc = cmd_swapon(&a, argv[2], &error);
     else if (strcmp(argv[1], "arm") == 0)
         rc = cmd_arm(&a, &error);
+    else if (strcmp(argv[1], "map") == 0)
+        rc = cmd_map(&a, &error);
+    else if (strcmp(argv[1], "disarm") == 0)
+        rc = cmd_disarm(&a, &error);
     else if (strcmp(argv[1], "finish") == 0)
         rc = cmd_finish(&a, &error);
     else if (strcmp(argv[1], "status") == 0)
         rc = cmd_status(&a, &error);
     else {
-        fprintf(stderr, "swapstub: unknown command '%s' (arm, finish, status, swapon)\n",
+        fprintf(stderr, "swapstub: unknown command '%s' (arm, map, disarm, finish, status, swapon)\n",
                 argv[1]);
         return 2;
     }
     if (rc)
         fprintf(stderr, "swapstub %s: %s\n", argv[1], error ? error->message : "failed");
     g_free(a.addr); g_free(a.len); g_free(a.control); g_free(a.device); g_free(a.export_name);
+    g_free(a.marker_reads);
     return rc;
 }

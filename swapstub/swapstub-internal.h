@@ -18,6 +18,8 @@ struct SwapStub {
     unsigned type;                 /* swap type of the device */
     uint64_t *slot;                /* swap offset of each page at arm time */
     bool *converted;               /* page already back to plain memory */
+    bool mapped;                   /* its slots are registered with nbd-pagesrv */
+    uint64_t marker_reads;         /* nbd-pagesrv's marker_reads when arming ended */
 };
 
 /* A number from one of nbd-pagesrv's JSON answers: the first "key":N. */
@@ -26,11 +28,11 @@ bool json_u64(const char *json, const char *key, uint64_t *out);
 SwapStub *swapstub_new(const SwapStubConfig *cfg, GError **error);
 
 /* arm.c, shared by both arming methods: register each run of consecutive
- * slots with nbd-pagesrv ('map'); check every page is still on its slot;
- * overwrite the region with zeros after a failed arm. */
+ * slots with nbd-pagesrv ('map'); check every page is still on its slot. */
 bool swapstub_register_mapping(SwapStub *s, SwapStubArmReport *r, GError **error);
+/* nbd-pagesrv's count of reads of marker slots ("stats" marker_reads). */
+bool swapstub_daemon_marker_reads(SwapStub *s, uint64_t *out, GError **error);
 bool swapstub_verify_slots(SwapStub *s, GError **error);
-void swapstub_disarm(SwapStub *s);
 
 /* arm-madvise.c. Which method arms s: 1 MADV_SWAPSTUB (*advice set), 0 the
  * stock-kernel recipe, -1 error. SWAPSTUB_ARM_METHOD (auto, stock,
@@ -38,6 +40,7 @@ void swapstub_disarm(SwapStub *s);
 int swapstub_madvise_choose(const SwapStub *s, int *advice, GError **error);
 /* Arm with MADV_SWAPSTUB: no markers, no I/O. On failure the region is
  * plain memory again (zeros). */
-bool swapstub_arm_madvise(SwapStub *s, int advice, SwapStubArmReport *r, GError **error);
+bool swapstub_arm_madvise(SwapStub *s, int advice, bool map_later, SwapStubArmReport *r,
+                          GError **error);
 
 #endif

@@ -24,6 +24,8 @@ typedef struct {
     const char *export_name;   /* source export holding the region's content */
     uint64_t export_page;      /* export page that holds the region's first page */
     unsigned evict_seconds;    /* time allowed to empty the swap cache; 0 = 30 */
+    bool map_later;            /* arm only: register the slots with swapstub_map() later,
+                                * once the source's export exists */
 } SwapStubConfig;
 
 typedef struct {
@@ -33,6 +35,12 @@ typedef struct {
     uint64_t still_cached_first;   /* pages still in the swap cache after the first pageout */
     const char *method;            /* "stock" or "madv_swapstub" */
     double seconds;
+    /* Where the time went (stock method; madv_swapstub fills map_s):
+     * marker writes, page-out until every marker reached the device and
+     * every slot is known, eviction of the swap cache, registration. */
+    double markers_s, pageout_s, evict_s, map_s;
+    uint64_t marker_reads;         /* nbd-pagesrv's marker_reads when arming ended: what
+                                    * swapstub_attach_armed() needs to map it later */
 } SwapStubArmReport;
 
 /* Progress of a long operation: pages done of total, rate, time left. */
@@ -45,6 +53,26 @@ typedef void (*SwapStubProgress)(void *opaque, uint64_t done, uint64_t total, do
  * a recognisable marker (never source data that could be mistaken for the
  * guest's); the caller must not run the workload on it. */
 SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GError **error);
+
+/* Register a region armed with map_later with nbd-pagesrv, now that the
+ * source's export is there: check that every page is still on its slot and
+ * that nothing read a marker slot since arming ended (nothing of the
+ * region can be in the swap cache then, whatever other processes do), map,
+ * check again. Takes milliseconds. On failure the region is disarmed
+ * (zeros) and must be armed again. */
+bool swapstub_map(SwapStub *s, SwapStubArmReport *report, GError **error);
+
+/* Take hold of a region another process armed with map_later, for
+ * swapstub_map(): every page must still be on the device. marker_reads
+ * is that arming's report. */
+SwapStub *swapstub_attach_armed(const SwapStubConfig *cfg, uint64_t marker_reads,
+                                GError **error);
+
+/* Undo an arm that will not be used (or failed): every page of the region
+ * becomes zero, plain memory again. Another process's pages are written
+ * over, which reads each back first: from nbd-pagesrv's markers if the
+ * region was never mapped, from the source if it was. */
+void swapstub_disarm(SwapStub *s);
 
 /* Take hold of a region armed earlier (by another swapstub invocation):
  * reads the slots from pagemap. Pages not on the device count as

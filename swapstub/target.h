@@ -20,6 +20,12 @@ static inline bool target_is_self(const Target *t) { return t->pid == 0; }
 
 bool target_write(Target *t, uint64_t addr, const void *buf, size_t len, GError **error);
 bool target_read(Target *t, uint64_t addr, void *buf, size_t len, GError **error);
+/* The first head_len bytes of each of n pages from addr into heads
+ * (n * head_len bytes): every page is faulted in, as by a whole read, for
+ * a fraction of the copying. Another process only (process_vm_readv with
+ * one remote iovec per page). */
+bool target_read_heads(Target *t, uint64_t addr, size_t n, size_t head_len, void *heads,
+                       GError **error);
 /* MADV_PAGEOUT and MADV_WILLNEED on any target; other advice only on
  * ourselves. */
 bool target_madvise(Target *t, uint64_t addr, size_t len, int advice, GError **error);

@@ -25,12 +25,14 @@
 int main(int argc, char **argv)
 {
     gint mib = 16;
-    gboolean shared = FALSE;
+    gboolean shared = FALSE, thp = FALSE;
     char *sums = NULL;
     gint touch_every = 0;
     GOptionEntry entries[] = {
         { "mib", 0, 0, G_OPTION_ARG_INT, &mib, "region size", "MIB" },
         { "shared", 0, 0, G_OPTION_ARG_NONE, &shared, "map shared memory", NULL },
+        { "thp", 0, 0, G_OPTION_ARG_NONE, &thp,
+          "MADV_HUGEPAGE, as QEMU does for guest RAM", NULL },
         { "sums", 0, 0, G_OPTION_ARG_FILENAME, &sums, "mkimage checksums", "FILE" },
         { "touch-every", 0, 0, G_OPTION_ARG_INT, &touch_every, "write every Nth page", "N" },
         { NULL, 0, 0, 0, NULL, NULL, NULL },
@@ -47,6 +49,10 @@ int main(int argc, char **argv)
                             (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) {
         fprintf(stderr, "hold-region: mmap of %d MiB failed: %s\n", mib, strerror(errno));
+        return 2;
+    }
+    if (thp && madvise(m, len, MADV_HUGEPAGE) < 0) {
+        fprintf(stderr, "hold-region: MADV_HUGEPAGE of %d MiB failed: %s\n", mib, strerror(errno));
         return 2;
     }
     for (size_t off = 0; touch_every > 0 && off < len; off += (size_t)touch_every * 4096)
