@@ -315,3 +315,107 @@ kill_daemon_under_process() {
     [ "$status" -ne 0 ]
     [[ "$output" == *"not an active swap device"* ]]
 }
+
+# arm_ahead MIB: a process holding MIB MiB of huge-page memory (as QEMU's
+# RAM), armed before the source exists (setup-swap.sh --src-later,
+# swapstub arm --map-later). Sets hold_pid addr len marker_reads; the
+# source is for the caller to start on $SRC_PORT.
+arm_ahead() {
+    local line out
+    IMG=$BATS_TEST_TMPDIR/src.img SUMS=$BATS_TEST_TMPDIR/src.crc
+    "$TESTBIN/mkimage" "$IMG" "$1" "$SUMS" >/dev/null
+    SRC_PORT=$(free_port)
+    swap_setup --src-later --size $(( 4 * $1 + 64 ))M
+    "$PAGESRV_CTL" "$CONTROL" policy background off >/dev/null
+    coproc HOLD { exec "$TESTBIN/hold-region" --mib "$1" --thp --sums "$SUMS"; }
+    hold_pid=$HOLD_PID
+    defer kill_wait "$hold_pid"
+    read -r line <&"${HOLD[0]}"
+    addr=${line#ADDR=}; addr=${addr%% *}; len=${line##*LEN=}
+    out=$("$SWAPCOPY_BUILD/swapstub" arm --map-later --pid "$hold_pid" --addr "$addr" \
+          --len "$len" --control "$CONTROL" --device "$DEVICE" --export mem) || return 1
+    echo "$out"
+    [[ "$out" == *"mapped=no"* ]] || return 1
+    marker_reads=$(sed -n 's/.*marker_reads=\([0-9]*\).*/\1/p' <<<"$out")
+    [ -n "$marker_reads" ]
+}
+
+start_source_on_port() {
+    "$PAGESRV" --export "mem=$IMG" --listen "127.0.0.1:$SRC_PORT" --no-mlock \
+        >"$BATS_TEST_TMPDIR/source.log" 2>&1 &
+    SRC_PID=$!
+    defer kill_wait "$SRC_PID"
+    wait_for nbdinfo --size "nbd://127.0.0.1:$SRC_PORT/mem"
+}
+
+@test "armed ahead, before the source exists: mapped once it does, every page is the source's" {
+    arm_ahead 32
+    # Armed, nothing pulled, nothing registered: nbd-pagesrv holds the
+    # markers and has not asked any source for anything.
+    st=$("$PAGESRV_CTL" "$CONTROL" stats)
+    [ "$(json_get "$st" store.marker_pages)" -eq 8192 ]
+    [ "$(json_get "$st" store.remote_pages)" -eq 0 ]
+    start_source_on_port
+    run "$SWAPCOPY_BUILD/swapstub" map --marker-reads "$marker_reads" --pid "$hold_pid" \
+        --addr "$addr" --len "$len" --control "$CONTROL" --device "$DEVICE" --export mem
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"mapped pages=8192"* ]]
+    st=$("$PAGESRV_CTL" "$CONTROL" stats)
+    [ "$(json_get "$st" store.remote_pages)" -eq 8192 ]
+    kill -USR1 "$hold_pid"
+    read -r check <&"${HOLD[0]}"
+    echo "$check"
+    wait "$hold_pid"
+    [ "$check" = "CHECK verified=8192 wrong=0 pages=8192" ]
+}
+
+@test "map refuses a region armed ahead whose pages may be back in the swap cache, and disarm leaves zeros" {
+    arm_ahead 32
+    start_source_on_port
+    # Read one page of the region from outside, then page it out again: the
+    # page itself is swapped out as before (pagemap cannot tell), but the
+    # kernel's readahead has brought its neighbours' markers back into the
+    # swap cache. Mapping now would make them read as the source's pages.
+    python3 - "$hold_pid" "$addr" <<'PY'
+import ctypes, os, sys
+pid, addr = int(sys.argv[1]), int(sys.argv[2], 16) + 64 * 4096
+with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
+    f.seek(addr)
+    assert len(f.read(4096)) == 4096
+libc = ctypes.CDLL(None, use_errno=True)
+pidfd = libc.syscall(434, pid, 0)                     # pidfd_open
+iov = (ctypes.c_uint64 * 2)(addr, 4096)
+if pidfd < 0 or libc.syscall(440, pidfd, iov, 1, 21, 0) != 4096:   # process_madvise PAGEOUT
+    sys.exit(f"pidfd_open/process_madvise failed: {os.strerror(ctypes.get_errno())}")
+PY
+    run "$SWAPCOPY_BUILD/swapstub" map --marker-reads "$marker_reads" --pid "$hold_pid" \
+        --addr "$addr" --len "$len" --control "$CONTROL" --device "$DEVICE" --export mem
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"reads of marker slots since the region of process $hold_pid was armed"* ]]
+    # The refused map left the region as zeros, plain memory: nothing of it
+    # on the device, and no page the source's.
+    run "$SWAPCOPY_BUILD/swapstub" status --control "$CONTROL" --pid "$hold_pid" --addr "$addr" \
+        --len "$len" --device "$DEVICE"
+    echo "$output"
+    [[ "$output" == *"on_device=0"* ]]
+}
+
+@test "swapstub disarm undoes an arm ahead that will not be used: zeros, nothing on the device" {
+    arm_ahead 32
+    run "$SWAPCOPY_BUILD/swapstub" disarm --pid "$hold_pid" --addr "$addr" --len "$len" \
+        --control "$CONTROL" --device "$DEVICE"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"every page of the region is plain memory"* ]]
+    # No source was ever needed, and the region reads as zeros.
+    [ "$(json_get "$("$PAGESRV_CTL" "$CONTROL" status)" bytes_fetched)" -eq 0 ]
+    python3 -c '
+import sys
+pid, addr, n = int(sys.argv[1]), int(sys.argv[2], 16), int(sys.argv[3])
+with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
+    f.seek(addr)
+    assert f.read(n) == bytes(n), "a disarmed page is not zero"
+' "$hold_pid" "$addr" "$len"
+}
