@@ -73,13 +73,18 @@ head -1 "$work/src.serial"; grep '^PASS' "$work/src.serial" | tail -2
 bold "2. Destination: same machine, private RAM, waiting for the migration"
 start_qemu dst -object "memory-backend-ram,id=mem,size=${mib}M" -incoming defer
 
-bold "3. Migrating with swapcopy (the guest keeps running until the switch)"
+bold "3. Preparing the destination ahead (swap device, RAM armed as swapped out; the source is not involved)"
+"$here/swapcopy-migrate" --prepare-only --dst-qmp "$work/dst.qmp" \
+    --name "demo$$" --state-dir "$work/run" --build "$build" ||
+    die "swapcopy-migrate --prepare-only failed"
+
+bold "4. Migrating with swapcopy (the guest keeps running until the switch)"
 "$here/swapcopy-migrate" --src-qmp "$work/src.qmp" --dst-qmp "$work/dst.qmp" \
     --name "demo$$" --state-dir "$work/run" --build "$build" --json "$work/summary.json"
 rc=$?
 [ $rc = 0 ] || die "swapcopy-migrate failed ($rc)"
 
-bold "4. The guest goes on on the destination"
+bold "5. The guest goes on on the destination"
 before=$(count_pass "$work/dst.serial")
 wait_pass "$work/dst.serial" $(( before + passes )) 300
 case $? in

@@ -115,3 +115,73 @@ teardown() {
     s=$(cat "$BATS_TEST_TMPDIR/summary.json")
     [ "$(json_get "$s" pages.demand)" -gt 0 ]
 }
+
+@test "stock QEMU: a destination prepared ahead is migrated to later; the migration only maps and switches" {
+    qemu_pair_start 128 -kernel "$SWAPCOPY_BUILD/guest/memwalk.elf"
+    wait_for_pass "$SRC_SERIAL" 2 60
+    free_port_pair sport mport
+    prep=("$SWAPCOPY_SRC/scripts/swapcopy-migrate" --dst-qmp "$DST_QMP" --name "t$$-$BATS_TEST_NUMBER"
+          --state-dir "$BATS_TEST_TMPDIR/run" --source-listen "127.0.0.1:$sport")
+    run "${prep[@]}" --prepare-only
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"destination prepared in"* ]]
+    # Prepared without the source: no exporter listens yet, and nbd-pagesrv
+    # holds every page of the RAM as an arming marker, none mapped.
+    ! port_bound "$sport"
+    ctl=$BATS_TEST_TMPDIR/run/t$$-$BATS_TEST_NUMBER/ctl.sock
+    st=$("$PAGESRV_CTL" "$ctl" stats)
+    [ "$(json_get "$st" store.marker_pages)" -eq 32768 ]
+    [ "$(json_get "$st" store.remote_pages)" -eq 0 ]
+    # A second preparation of the same name is refused, not stacked.
+    run "${prep[@]}" --prepare-only
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"prepared already"* ]]
+    # The source guest kept walking meanwhile.
+    wait_for_pass "$SRC_SERIAL" $(( $(grep -c '^PASS' "$SRC_SERIAL") + 1 )) 60
+    run swapcopy_migrate --source-listen "127.0.0.1:$sport" --migrate-uri "tcp:127.0.0.1:$mport"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"destination prepared "*" s ago"* ]]
+    [[ "$output" == *"mapped pages=32768"* ]]
+    [[ "$output" != *"armed pages="* ]]       # not armed again
+    s=$(cat "$BATS_TEST_TMPDIR/summary.json")
+    [ "$(json_get "$s" prepared_ahead)" = True ]
+    python3 -c 'import sys; assert float(sys.argv[1]) > 0' "$(json_get "$s" prepare_s)"
+    wait_for_pass "$DST_SERIAL" $(( $(grep -c '^PASS' "$DST_SERIAL") + 3 )) 120
+    run grep '^ERROR' "$SRC_SERIAL" "$DST_SERIAL"
+    [ "$status" -eq 1 ]
+}
+
+@test "stock QEMU: --unprepare undoes a preparation never migrated to: device gone, RAM zero, source untouched" {
+    qemu_pair_start 64
+    free_port_pair sport mport
+    prep=("$SWAPCOPY_SRC/scripts/swapcopy-migrate" --dst-qmp "$DST_QMP" --name "t$$-$BATS_TEST_NUMBER"
+          --state-dir "$BATS_TEST_TMPDIR/run" --source-listen "127.0.0.1:$sport")
+    run "${prep[@]}" --prepare-only
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$(machine_state)" != "$BEFORE" ]      # a swap device is up
+    run "${prep[@]}" --unprepare
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"destination unprepared"* ]]
+    [ "$(machine_state)" = "$BEFORE" ]
+    [ ! -e "$BATS_TEST_TMPDIR/run/t$$-$BATS_TEST_NUMBER" ]
+    # The destination still waits, its RAM plain zeros as a fresh QEMU's;
+    # the source never heard of any of it.
+    [ "$(qmp "$DST_QMP" query-status | json_get "$(cat)" status)" = inmigrate ]
+    [ "$(qmp "$SRC_QMP" query-status | json_get "$(cat)" status)" = running ]
+    python3 - "$DST_QPID" <<'PY'
+import sys
+pid, size = int(sys.argv[1]), 64 << 20
+ram = [l.split() for l in open(f"/proc/{pid}/maps")]
+ram = [int(w[0].split("-")[0], 16) for w in ram
+       if len(w) == 5 and w[1] == "rw-p" and w[4] == "0"
+       and int(w[0].split("-")[1], 16) - int(w[0].split("-")[0], 16) == size]
+assert len(ram) == 1, f"expected one {size >> 20} MiB anonymous mapping, found {len(ram)}"
+with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
+    f.seek(ram[0])
+    assert f.read(size) == bytes(size), "the destination's RAM is not zero after --unprepare"
+PY
+}
