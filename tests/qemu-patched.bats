@@ -138,8 +138,9 @@ teardown() {
 @test "patched QEMU: cancel before the switchover leaves the source running unchanged" {
     qp_pair_start 128
     GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG guest_wait_pass 1 60
-    # The destination arms its RAM for seconds before it loads anything.
-    run qp_migrate --cancel-after 1
+    # The destination is prepared and maps its RAM in milliseconds: cancel
+    # at once, while the source is still starting its exporter.
+    run qp_migrate --cancel-after 0
     echo "$output"
     [ "$status" -eq 0 ]
     [ "$(qp_status "$SRC_QMP")" = running ]
@@ -172,4 +173,59 @@ teardown() {
     run grep ' LERROR' "$SRC_LOG" "$DST_LOG"
     [ "$status" -eq 1 ]                # no LERROR line anywhere
     [ "$(grep -c ' LPASS ' "$DST_LOG" || true)" -ge $(( n + 2 )) ]
+}
+
+# qp_wait_prepared: the destination's query-migrate says 'prepared'; prints it.
+qp_wait_prepared() {
+    local m i
+    for (( i = 0; i < 600; i++ )); do
+        m=$(qp_qmp "$DST_QMP" query-migrate) || return 1
+        case "$(json_get "$m" postcopy-swap.state 2>/dev/null)" in
+            prepared) echo "$m"; return 0 ;;
+            failed) echo "$m" >&2; return 1 ;;
+        esac
+        sleep 0.1
+    done
+    echo "not prepared after 60 s: $m" >&2
+    return 1
+}
+
+@test "patched QEMU: the destination prepares at start-up, before any migrate, and then only maps" {
+    qp_pair_start 128
+    m=$(qp_wait_prepared)
+    echo "$m"
+    # Device set up and RAM armed with no source exporter anywhere yet.
+    [ "$(json_get "$m" postcopy-swap.prepare-time)" -gt 0 ]
+    [ -S "$BATS_TEST_TMPDIR/run/$QP_SWAP_NAME/ctl.sock" ]
+    run ! pgrep -f "nbd-pagesrv --export pc.ram=/proc/$SRC_PID/mem"
+    st=$("$PAGESRV_CTL" "$BATS_TEST_TMPDIR/run/$QP_SWAP_NAME/ctl.sock" stats)
+    [ "$(json_get "$st" store.marker_pages)" -ge 32768 ]
+    [ "$(json_get "$st" store.remote_pages)" -eq 0 ]
+    info=$(qp_qmp "$DST_QMP" human-monitor-command '{"command-line":"info migrate"}')
+    [[ "$info" == *"postcopy-swap: prepared"* ]]
+    [[ "$info" == *"postcopy-swap prepare time:"* ]]
+    GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG guest_wait_pass 2 60
+    run qp_migrate
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$(json_get "$output" dst.postcopy-swap.state)" = finished ]
+    grep -q "RAM blocks mapped to the source's exports in" "$DST_QEMU_LOG"
+    run ! grep -q "arming it again" "$DST_QEMU_LOG"
+    last=$(GUEST_LOG=$SRC_LOG guest_last_pass)
+    GUEST_LOG=$DST_LOG GUEST_PID=$DST_PID GUEST_QEMU_LOG=$DST_QEMU_LOG guest_wait_pass $(( last + 3 )) 60
+    GUEST_LOG=$DST_LOG run guest_errors
+    [ "$status" -ne 0 ]
+}
+
+@test "patched QEMU: a prepared destination that is never migrated to undoes everything when it quits" {
+    qp_pair_start 128
+    qp_wait_prepared >/dev/null
+    [ -S "$BATS_TEST_TMPDIR/run/$QP_SWAP_NAME/ctl.sock" ]
+    qp_qmp "$DST_QMP" quit >/dev/null || true
+    wait_for bash -c "! kill -0 $DST_PID"
+    # Device, daemon and state gone (teardown checks /proc/swaps, loops and
+    # mounts against the start); the source never heard of it.
+    [ ! -e "$BATS_TEST_TMPDIR/run/$QP_SWAP_NAME" ]
+    [ "$(qp_status "$SRC_QMP")" = running ]
+    run ! pgrep -f "nbd-pagesrv --export pc.ram=/proc/$SRC_PID/mem"
 }
