@@ -271,19 +271,36 @@ class SwapcopyMode:
         self.log = log
         self.slot_timeout = slot_timeout
         self.proc = None
-        self.state_dir = self.swap_name = None
+        self.state_dir = self.swap_name = self.listen = None
 
-    def migrate(self, src, dst, run_dir, build):
+    def prepare(self, src, dst, run_dir, build):
+        """Before `migrate`, as an operator would while the destination
+        waits with -incoming: swapcopy-migrate --prepare-only (swap device,
+        arming). Returns its time."""
         wait_swap_slot(self.slot_timeout, self.log)
-        t_begin = time.time()
         self.state_dir = os.path.join(run_dir, "swapcopy-state")
         self.swap_name = f"vsq{os.getpid()}-{os.path.basename(run_dir)[:20]}"
+        self.listen = f"127.0.0.1:{free_port()}"
+        t = time.time()
+        r = subprocess.run([os.path.join(SRC_ROOT, "scripts", "swapcopy-migrate"),
+                            "--prepare-only", "--dst-qmp", dst.ctl_qmp, "--dst-pid", str(dst.pid),
+                            "--name", self.swap_name, "--state-dir", self.state_dir,
+                            "--source-listen", self.listen, "--build", build],
+                           capture_output=True, text=True)
+        with open(os.path.join(run_dir, "swapcopy-prepare.log"), "w") as f:
+            f.write(r.stdout + r.stderr)
+        if r.returncode != 0:
+            raise ModeFailed(f"swapcopy-migrate --prepare-only exited {r.returncode}: "
+                             f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+        return time.time() - t
+
+    def migrate(self, src, dst, run_dir, build):
+        t_begin = time.time()
         summary = os.path.join(run_dir, "swapcopy-summary.json")
-        listen = f"127.0.0.1:{free_port()}"
         cmd = [os.path.join(SRC_ROOT, "scripts", "swapcopy-migrate"),
                "--src-qmp", src.ctl_qmp, "--dst-qmp", dst.ctl_qmp, "--dst-pid", str(dst.pid),
                "--name", self.swap_name, "--state-dir", self.state_dir,
-               "--source-listen", listen, "--migrate-uri", f"tcp:127.0.0.1:{free_port()}",
+               "--source-listen", self.listen, "--migrate-uri", f"tcp:127.0.0.1:{free_port()}",
                "--build", build, "--json", summary, "--progress-interval", "5"]
         poller = HwmPoller(os.path.join(self.state_dir, self.swap_name, "pagesrv.pid"),
                            f"mem={src.ram_file}")
@@ -311,7 +328,9 @@ class SwapcopyMode:
         fl = s["fault_fetch_latency_us"]
         return {"downtime_ms": qemu_downtime(m) if m else s["downtime_ms"],
                 "downtime_summary_ms": s["downtime_ms"], "switchover_s": s["switchover_s"],
+                # begin (this run, after the preparation) -> device detached
                 "arm_s": s["arm_s"], "total_s": s["arm_s"] + s["total_s"],
+                "prepare_s_summary": s.get("prepare_s"),
                 "after_migrate_s": s["total_s"], "all_local_s": s["time_to_all_local_s"],
                 # every page crossed the device once, into the guest (land mode)
                 "all_landed_s": s.get("time_to_all_landed_s"),
@@ -459,6 +478,8 @@ class PatchedSwapcopyMode:
         no RAM file on the source, and each side's -postcopy swap."""
         # Unix socket paths (state dir/NAME/ctl.sock) must stay < 108 bytes:
         # not under the results directory.
+        # The destination sets its device up as soon as it starts.
+        wait_swap_slot(self.slot_timeout, self.log)
         self.state_dir = f"/run/vsqemu-{os.getpid()}"
         self.swap_name = f"p{os.getpid()}-{os.path.basename(run_dir)[:3]}"
         self.listen = f"127.0.0.1:{free_port()}"
@@ -480,10 +501,26 @@ class PatchedSwapcopyMode:
         except GuestError:
             return True
 
+    def prepare(self, src, dst, run_dir, build):
+        """The destination prepares itself at start-up (-postcopy swap with
+        -incoming): wait until its query-migrate says so; its own figure is
+        the preparation time."""
+        deadline = time.time() + 120 + 0.05 * src.mib
+        while True:
+            ps = dst.qmp.cmd("query-migrate", timeout=30).get("postcopy-swap", {})
+            if ps.get("state") == "prepared":
+                return ps["prepare-time"] / 1000
+            if ps.get("state") == "failed":
+                raise ModeFailed(f"swapcopy-patched: the destination's preparation failed: "
+                                 f"{ps.get('error')}")
+            if time.time() > deadline or not dst.alive():
+                raise ModeFailed(f"swapcopy-patched: the destination is not prepared "
+                                 f"(state {ps.get('state')})" + self._dst_error(dst))
+            time.sleep(0.02)
+
     def migrate(self, src, dst, run_dir, build):
         self.src, self.dst = src, dst
         timeout = 120 + 0.5 * src.mib   # arming is seconds per 128 MiB here
-        wait_swap_slot(self.slot_timeout, self.log)
         t_begin = time.time()
         src.qmp.cmd("migrate-set-capabilities",
                     capabilities=[{"capability": "events", "state": True},
@@ -559,6 +596,7 @@ class PatchedSwapcopyMode:
                "src_done_s": (t_src_ev or t_src_done) - self.t_migrate,
                "dst_finished_s": t_dst_done - self.t_migrate,
                "dst_arm_ms": ps.get("arm-time"), "dst_finish_ms": ps.get("finish-time"),
+               "dst_prepare_ms": ps.get("prepare-time"),
                # device state's own RAM bytes (none with postcopy-swap) + pages pulled
                "wire_bytes": ps.get("bytes-fetched", 0) + s.get("ram", {}).get("transferred", 0),
                "bytes_fetched": ps.get("bytes-fetched"),
