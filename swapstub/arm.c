@@ -332,19 +332,22 @@ static bool evict(SwapStub *s, uint64_t cookie, Span sp, unsigned max_rounds,
 
 bool swapstub_register_mapping(SwapStub *s, SwapStubArmReport *r, GError **error)
 {
+    /* One 'map' per run of consecutive slots (MADV_SWAPSTUB leaves one per
+     * 512-page cluster), all on one connection, pipelined: the cost is
+     * per run, and not a round trip each. */
+    g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
     for (uint64_t i = 0; i < s->pages;) {
         uint64_t j = i + 1;
         while (j < s->pages && s->slot[j] == s->slot[j - 1] + 1)
             j++;
-        g_autofree char *cmd = g_strdup_printf("map %" G_GUINT64_FORMAT " %s %" G_GUINT64_FORMAT
+        g_ptr_array_add(lines, g_strdup_printf("map %" G_GUINT64_FORMAT " %s %" G_GUINT64_FORMAT
                                                " %" G_GUINT64_FORMAT, s->slot[i], s->export_name,
-                                               s->export_page + i, j - i);
-        g_autofree char *ok = swapstub_control(s->control, cmd, error);
-        if (!ok)
-            return false;
-        r->map_runs++;
+                                               s->export_page + i, j - i));
         i = j;
     }
+    if (!swapstub_control_lines(s->control, (char *const *)lines->pdata, lines->len, error))
+        return false;
+    r->map_runs += lines->len;
     return true;
 }
 

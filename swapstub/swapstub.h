@@ -109,4 +109,10 @@ bool swapstub_kernel_has_madv_swapstub(void);
  * (NULL with *error set on failure or {"error":...}). */
 char *swapstub_control(const char *control, const char *line, GError **error);
 
+/* Send n lines on one connection, several in flight at once; false with
+ * *error set (naming the line) at the first that fails. For many small
+ * requests, such as one 'map' per run of slots. */
+bool swapstub_control_lines(const char *control, char *const *lines, size_t n,
+                            GError **error);
+
 #endif
