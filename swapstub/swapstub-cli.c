@@ -119,13 +119,17 @@ static int cmd_map(const Args *a, GError **error)
     return ok ? 0 : 1;
 }
 
+/* The region the arguments name, taken hold of as it is now. */
+static SwapStub *attach_region(const Args *a, SwapStubConfig *cfg, GError **error)
+{
+    return build_config(a, cfg, false, error) ? swapstub_attach(cfg, error) : NULL;
+}
+
 /* A region armed ahead whose migration will not happen. */
 static int cmd_disarm(const Args *a, GError **error)
 {
     SwapStubConfig cfg;
-    if (!build_config(a, &cfg, false, error))
-        return 1;
-    SwapStub *s = swapstub_attach(&cfg, error);
+    SwapStub *s = attach_region(a, &cfg, error);
     if (!s)
         return 1;
     swapstub_disarm(s);
@@ -146,9 +150,7 @@ static int cmd_disarm(const Args *a, GError **error)
 static int cmd_finish(const Args *a, GError **error)
 {
     SwapStubConfig cfg;
-    if (!build_config(a, &cfg, false, error))
-        return 1;
-    SwapStub *s = swapstub_attach(&cfg, error);
+    SwapStub *s = attach_region(a, &cfg, error);
     if (!s)
         return 1;
     gboolean quiet = a->quiet;

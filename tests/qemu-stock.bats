@@ -116,15 +116,22 @@ teardown() {
     [ "$(json_get "$s" pages.demand)" -gt 0 ]
 }
 
-@test "stock QEMU: a destination prepared ahead is migrated to later; the migration only maps and switches" {
-    qemu_pair_start 128 -kernel "$SWAPCOPY_BUILD/guest/memwalk.elf"
-    wait_for_pass "$SRC_SERIAL" 2 60
-    free_port_pair sport mport
+# prepare_ahead: swapcopy-migrate --prepare-only for the pair; sets prep
+# (the command line, to run again with --prepare-only or --unprepare) and
+# the ports sport mport a later swapcopy_migrate must use.
+prepare_ahead() {
+    free_port_pair sport mport || return 1
     prep=("$SWAPCOPY_SRC/scripts/swapcopy-migrate" --dst-qmp "$DST_QMP" --name "t$$-$BATS_TEST_NUMBER"
           --state-dir "$BATS_TEST_TMPDIR/run" --source-listen "127.0.0.1:$sport")
     run "${prep[@]}" --prepare-only
     echo "$output"
     [ "$status" -eq 0 ]
+}
+
+@test "stock QEMU: a destination prepared ahead is migrated to later; the migration only maps and switches" {
+    qemu_pair_start 128 -kernel "$SWAPCOPY_BUILD/guest/memwalk.elf"
+    wait_for_pass "$SRC_SERIAL" 2 60
+    prepare_ahead
     [[ "$output" == *"destination prepared in"* ]]
     # Prepared without the source: no exporter listens yet, and nbd-pagesrv
     # holds every page of the RAM as an arming marker, none mapped.
@@ -155,12 +162,7 @@ teardown() {
 
 @test "stock QEMU: --unprepare undoes a preparation never migrated to: device gone, RAM zero, source untouched" {
     qemu_pair_start 64
-    free_port_pair sport mport
-    prep=("$SWAPCOPY_SRC/scripts/swapcopy-migrate" --dst-qmp "$DST_QMP" --name "t$$-$BATS_TEST_NUMBER"
-          --state-dir "$BATS_TEST_TMPDIR/run" --source-listen "127.0.0.1:$sport")
-    run "${prep[@]}" --prepare-only
-    echo "$output"
-    [ "$status" -eq 0 ]
+    prepare_ahead
     [ "$(machine_state)" != "$BEFORE" ]      # a swap device is up
     run "${prep[@]}" --unprepare
     echo "$output"
