@@ -332,8 +332,16 @@ arm_ahead() {
     defer kill_wait "$hold_pid"
     read -r line <&"${HOLD[0]}"
     addr=${line#ADDR=}; addr=${addr%% *}; len=${line##*LEN=}
-    out=$("$SWAPCOPY_BUILD/swapstub" arm --map-later --pid "$hold_pid" --addr "$addr" \
-          --len "$len" --control "$CONTROL" --device "$DEVICE" --export mem) || return 1
+    # This host's DAMON page-out scheme sends other processes' idle pages to
+    # the device too; arming another process then refuses (safely) and is
+    # armed again, as swapcopy-migrate does.
+    local attempt
+    for attempt in 1 2 3; do
+        out=$("$SWAPCOPY_BUILD/swapstub" arm --map-later --pid "$hold_pid" --addr "$addr" \
+              --len "$len" --control "$CONTROL" --device "$DEVICE" --export mem 2>&1) && break
+        echo "arming attempt $attempt refused: $out"
+        [ "$attempt" -lt 3 ] || return 1
+    done
     echo "$out"
     [[ "$out" == *"mapped=no"* ]] || return 1
     marker_reads=$(sed -n 's/.*marker_reads=\([0-9]*\).*/\1/p' <<<"$out")
