@@ -105,9 +105,18 @@ teardown() {
     echo "device reads $read_bytes bytes, fetched $(json_get "$st" bytes_fetched), region $region"
     [ "$read_bytes" -le $(( region * 105 / 100 )) ]
     [ "$(json_get "$st" bytes_fetched)" -le $(( region * 102 / 100 )) ]
-    # nbd-pagesrv kept no copy of what it handed over (a page the host's
-    # reclaim or DAMON pushed out again is the only thing it stores).
-    [ "$(( $(stat_field_of "$CONTROL" store.ram_pages) + $(stat_field_of "$CONTROL" store.file_pages) ))" -le 655 ]
+    # nbd-pagesrv kept no copy of what it handed over. No page of the
+    # region is on the device any more (pagemap, above), so every slot the
+    # kernel still uses there holds another process's page: ours is the
+    # top-priority swap device, and this host's reclaim and DAMON page-out
+    # scheme push other processes' idle pages to it, by the tens of MiB.
+    # Those it must store; beyond them, at most 1 % of the region.
+    used_before=$(swap_used_kib "$DEVICE")
+    stored=$(( $(stat_field_of "$CONTROL" store.ram_pages) + $(stat_field_of "$CONTROL" store.file_pages) ))
+    used_after=$(swap_used_kib "$DEVICE")
+    foreign=$(( (used_before > used_after ? used_before : used_after) / 4 ))
+    echo "stored $stored pages; slots in use by other processes $foreign"
+    [ "$stored" -le $(( 655 + foreign )) ]
     # Its peak memory: at most 64 MiB plus 1 % of the region. (Under ASan
     # its shadow memory and quarantine make the figure meaningless: the
     # plain build, which make check runs, checks it.)

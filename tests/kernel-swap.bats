@@ -70,13 +70,6 @@ swap_device_up() {
     swap_used_kib "$DEV" >/dev/null || { echo "$DEV is not in /proc/swaps after swapon"; return 1; }
 }
 
-# swap_used_kib DEV: the "Used" column of DEV in /proc/swaps.
-swap_used_kib() {
-    local real
-    real=$(readlink -f "$1")
-    D=$real awk 'NR > 1 && $1 == ENVIRON["D"] { print $4; found = 1 } END { exit !found }' /proc/swaps
-}
-
 @test "the kernel swaps 64 MiB out to nbd-pagesrv and reads every byte back from it" {
     swap_device_up
     local mib=64 region=$((64 << 20)) pages=16384

@@ -83,6 +83,13 @@ for k in sys.argv[1].split("."): v=v[k]
 print(v)' "$2"
 }
 
+# swap_used_kib DEV: the "Used" column of DEV in /proc/swaps.
+swap_used_kib() {
+    local real
+    real=$(readlink -f "$1")
+    D=$real awk 'NR > 1 && $1 == ENVIRON["D"] { print $4; found = 1 } END { exit !found }' /proc/swaps
+}
+
 # port_bound PORT: true if a TCP socket of this host is bound to PORT.
 port_bound() {
     awk -v hex="$(printf ':%04X' "$1")" \
