@@ -39,6 +39,10 @@ SwapStub *swapstub_new(const SwapStubConfig *cfg, GError **error)
     s->export_page = cfg->export_page;
     s->slot = g_new0(uint64_t, s->pages);
     s->converted = g_new0(bool, s->pages);
+    /* SWAPSTUB_EVICT_CHECK=global: another process's eviction checked as
+     * before mincore could be run in it (tests compare the two). */
+    s->global_check = !target_is_self(&s->t) &&
+                      g_strcmp0(g_getenv("SWAPSTUB_EVICT_CHECK"), "global") == 0;
     return s;
 }
 
@@ -154,6 +158,29 @@ static bool wait_markers_written(SwapStub *s, uint64_t before, Span sp, GError *
     return false;
 }
 
+/* The swap type the first chunk went to is the device's: it was the
+ * highest-priority device, before and after, so it took every page-out,
+ * and it now holds at least those pages. (Its line number in /proc/swaps
+ * is not its type once a lower type has been swapped off.) */
+static bool learn_type(SwapStub *s, unsigned type, uint64_t pages, GError **error)
+{
+    SwapDevInfo dev;
+    if (!swapdev_lookup(s->device, &dev, error))
+        return false;
+    if (!dev.top || dev.used_pages < pages) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                    "the region's pages went to swap type %u, which cannot be %s (%s): another "
+                    "swap device was set up with a higher priority while it was being armed; "
+                    "set up and arm one migration at a time (swapcopy-migrate and the patched "
+                    "QEMU hold a lock for it)", type, s->device,
+                    dev.top ? "it holds fewer pages" : "it is not the highest priority now");
+        return false;
+    }
+    s->type = type;
+    s->type_known = true;
+    return true;
+}
+
 /* Record every page's slot; pages not swapped yet are paged out again. */
 static bool collect_slots(SwapStub *s, Span sp, GError **error)
 {
@@ -162,24 +189,32 @@ static bool collect_slots(SwapStub *s, Span sp, GError **error)
         if (!target_pagemap(&s->t, page_addr(s, sp.first), sp.n, pm, error))
             return false;
         uint64_t missing = 0, first_missing = 0;
+        /* Until the type is known, every page must be where the first went. */
+        unsigned type = s->type;
+        for (uint64_t i = 0; !s->type_known && i < sp.n; i++) {
+            if (pm[i] & PM_SWAPPED) {
+                type = pm_swap_type(pm[i]);
+                break;
+            }
+        }
         for (uint64_t i = 0; i < sp.n; i++) {
             if (!(pm[i] & PM_SWAPPED)) {
                 if (!missing++)
                     first_missing = sp.first + i;
                 continue;
             }
-            if (pm_swap_type(pm[i]) != s->type) {
+            if (pm_swap_type(pm[i]) != type) {
                 g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
                             "page %" G_GUINT64_FORMAT " went to swap type %u, not to %s (type "
-                            "%u): another swap device has the same or higher priority; give "
-                            "%s the highest (swapon -p 32767)", sp.first + i,
-                            pm_swap_type(pm[i]), s->device, s->type, s->device);
+                            "%u): another swap device has the same or higher priority; %s "
+                            "must have the highest (setup-swap.sh gives it that)", sp.first + i,
+                            pm_swap_type(pm[i]), s->device, type, s->device);
                 return false;
             }
             s->slot[sp.first + i] = pm_swap_offset(pm[i]);
         }
         if (!missing)
-            return true;
+            return s->type_known || learn_type(s, type, sp.n, error);
         if (attempt == 3) {
             g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
                         "%" G_GUINT64_FORMAT " pages (first: %" G_GUINT64_FORMAT ") would not "
@@ -193,18 +228,18 @@ static bool collect_slots(SwapStub *s, Span sp, GError **error)
     }
 }
 
-/* This process: mincore sees the swap cache, so only cached pages are
- * faulted in (no device reads) and paged out again. Returns how many
- * pages were still cached. */
-static int64_t evict_self(SwapStub *s, Span sp, GError **error)
+/* mincore sees the swap cache (our own directly, another process's by
+ * running the call inside it): only the cached pages are faulted in, from
+ * the cache (no device reads), and paged out again, which drops them.
+ * Returns how many pages were still cached; -1 on error, -2 if another
+ * process's mincore cannot be had (then *error says why). */
+static int64_t evict_by_mincore(SwapStub *s, Span sp, GError **error)
 {
     g_autofree unsigned char *vec = g_malloc(sp.n);
-    if (mincore((void *)(uintptr_t)page_addr(s, sp.first), sp.n * SS_PAGE, vec) < 0) {
-        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
-                    "mincore of the region failed: %s", g_strerror(errno));
-        return -1;
-    }
+    if (!target_mincore(&s->t, page_addr(s, sp.first), sp.n, vec, error))
+        return target_is_self(&s->t) ? -1 : -2;
     int64_t cached = 0;
+    enum { HEAD = 4 * sizeof(uint64_t) };
     for (uint64_t i = 0; i < sp.n;) {
         if (!(vec[i] & 1)) {
             i++;
@@ -216,8 +251,17 @@ static int64_t evict_self(SwapStub *s, Span sp, GError **error)
         cached += (int64_t)(j - i);
         size_t len = (j - i) * SS_PAGE;
         uint64_t at = page_addr(s, sp.first + i);
-        if (!target_madvise(&s->t, at, len, MADV_POPULATE_READ, error) ||
-            !target_madvise(&s->t, at, len, MADV_PAGEOUT, error))
+        if (target_is_self(&s->t)) {
+            if (!target_madvise(&s->t, at, len, MADV_POPULATE_READ, error))
+                return -1;
+        } else {
+            /* process_madvise has no MADV_POPULATE_READ: a read of each
+             * page's first bytes faults it in the same way. */
+            g_autofree uint64_t *head = g_malloc((j - i) * HEAD);
+            if (!target_read_heads(&s->t, at, j - i, HEAD, head, error))
+                return -1;
+        }
+        if (!target_madvise(&s->t, at, len, MADV_PAGEOUT, error))
             return -1;
         i = j;
     }
@@ -289,9 +333,26 @@ static bool evict(SwapStub *s, uint64_t cookie, Span sp, unsigned max_rounds,
     for (unsigned round = 1;; round++) {
         if (!swapstub_drain_lru_batches(error))
             return false;
-        cached = target_is_self(&s->t) ? evict_self(s, sp, error)
-                                       : evict_remote(s, cookie, sp, error);
-        if (cached < 0)
+        if (!s->global_check) {
+            g_autoptr(GError) why = NULL;
+            cached = evict_by_mincore(s, sp, &why);
+            if (cached == -2 && mapped) {
+                /* Reading every page back would now fetch the source's. */
+                g_propagate_error(error, g_steal_pointer(&why));
+                return false;
+            } else if (cached == -2) {
+                /* Without mincore only the system-wide count can tell: it
+                 * refuses whenever other processes swap meanwhile. */
+                g_warning("arming process %d: %s; checking the system's SwapCached instead, "
+                          "which fails if other processes swap meanwhile", (int)s->t.pid,
+                          why->message);
+                s->global_check = true;
+            } else if (cached < 0) {
+                g_propagate_error(error, g_steal_pointer(&why));
+                return false;
+            }
+        }
+        if (s->global_check && (cached = evict_remote(s, cookie, sp, error)) < 0)
             return false;
         g_debug("eviction round %u: %" G_GINT64_FORMAT " pages still cached, SwapCached %"
                 G_GINT64_FORMAT " (%" G_GINT64_FORMAT " before arming)", round, cached,
@@ -306,14 +367,14 @@ static bool evict(SwapStub *s, uint64_t cookie, Span sp, unsigned max_rounds,
          * that no page came from the cache, as before, cost a second round
          * that read the whole region back from the device to learn
          * nothing: 6 of the 10 s arming took for 1 GiB. */
-        if (target_is_self(&s->t) ? cached == 0 : swap_cache_settled(baseline))
+        if (!s->global_check ? cached == 0 : swap_cache_settled(baseline))
             return true;
         if (g_get_monotonic_time() > deadline)
             break;
         g_usleep(pause);
         pause = MIN(pause * 2, 200000ul);
     }
-    if (target_is_self(&s->t))
+    if (!s->global_check)
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
                     "%" G_GINT64_FORMAT " pages of the region were still in the swap cache after "
                     "%u s of eviction rounds (is the region locked, or the device very slow?)",
@@ -448,6 +509,10 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
         return NULL;
     s->type = dev.type;
     r->pages = s->pages;
+    if (cfg->swap_type_known) {
+        s->type = cfg->swap_type;
+        s->type_known = true;
+    }
 
     /* A kernel with mm-patch-madvise and a stub-only device: no I/O. */
     int advice = 0, use_madvise = swapstub_madvise_choose(s, &advice, error);
@@ -465,8 +530,21 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
             !swapstub_arm_madvise(s, advice, cfg->map_later, r, error))
             goto fail_early;
         r->seconds = (double)(g_get_monotonic_time() - t0) / 1e6;
+        r->swap_type = s->type;
         return s;
     }
+    /* Every page-out goes to the highest-priority device (equal ones share
+     * them): the region reaches this one only if it is above all others. */
+    if (!dev.top) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                    "%s has priority %d, and another active swap device has the same or a "
+                    "higher one, so the region's pages would not all go to %s: it must have "
+                    "the highest (setup-swap.sh gives it that; see /proc/swaps)", cfg->device,
+                    dev.priority, cfg->device);
+        goto fail_early;
+    }
+    if (!cfg->swap_type_known)
+        s->type_known = false;     /* learnt from the first chunk's pages */
     if ((dev.total_used_pages + s->pages) * 2 >= dev.total_pages) {
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_NOSPC,
                     "arming %" G_GUINT64_FORMAT " pages would leave swap at least half full "
@@ -518,6 +596,7 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
     if (!swapstub_daemon_marker_reads(s, &s->marker_reads, error))
         goto fail;
     r->marker_reads = s->marker_reads;
+    r->swap_type = s->type;
     markers_off(s);
     if (!cfg->map_later && !swapstub_map(s, r, error))
         goto fail_early;               /* swapstub_map disarmed it */
@@ -533,24 +612,32 @@ fail_early:
 }
 
 /* The mapping is live: a page of the region still in the swap cache would
- * now be read as the source's page while it holds a marker. */
+ * now be read as the source's page while it holds a marker. Arming left
+ * none there, and only a read of a marker slot can bring one back: if
+ * nbd-pagesrv has served none since, nothing to do (no cost however large
+ * the region: this runs after `migrate`). Otherwise mincore tells which
+ * pages came back, and they are dropped again; without mincore (another
+ * process that cannot be traced) the map is refused. */
 static bool none_cached_since_arming(SwapStub *s, SwapStubArmReport *r, GError **error)
 {
-    if (target_is_self(&s->t))
-        return evict(s, 0, whole(s), 3, 0, true, r, error);   /* mincore sees our cache */
     uint64_t reads;
     if (!swapstub_daemon_marker_reads(s, &reads, error))
         return false;
-    if (reads != s->marker_reads) {
-        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
-                    "nbd-pagesrv served %" G_GUINT64_FORMAT " reads of marker slots since "
-                    "the region of process %d was armed: one of its pages may be back in the "
-                    "swap cache (something touched the region, or armed another one through "
-                    "the same nbd-pagesrv meanwhile); arm it again",
-                    reads - s->marker_reads, (int)s->t.pid);
-        return false;
-    }
-    return true;
+    if (reads == s->marker_reads)
+        return true;
+    g_message("nbd-pagesrv served %" G_GUINT64_FORMAT " reads of marker slots since the region "
+              "was armed: dropping whatever of it came back into the swap cache",
+              reads - s->marker_reads);
+    g_autoptr(GError) why = NULL;
+    if (!s->global_check && evict(s, 0, whole(s), 3, 0, true, r, &why))
+        return true;
+    g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                "nbd-pagesrv served %" G_GUINT64_FORMAT " reads of marker slots since "
+                "the region of process %d was armed, so some of its pages may be back in "
+                "the swap cache (something touched the region), and they could not be "
+                "dropped (%s); arm it again", reads - s->marker_reads, (int)s->t.pid,
+                why ? why->message : "its swap cache cannot be inspected");
+    return false;
 }
 
 bool swapstub_map(SwapStub *s, SwapStubArmReport *report, GError **error)
@@ -600,7 +687,8 @@ SwapStub *swapstub_attach(const SwapStubConfig *cfg, GError **error)
     SwapStub *s = swapstub_new(cfg, error);
     if (!s)
         return NULL;
-    s->type = dev.type;
+    s->type = cfg->swap_type_known ? cfg->swap_type : dev.type;
+    s->type_known = true;
     g_autofree uint64_t *pm = g_new(uint64_t, s->pages);
     if (!target_pagemap(&s->t, s->addr, s->pages, pm, error)) {
         swapstub_free(s);

@@ -1,6 +1,7 @@
 #include "swapdev.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@ bool swapdev_lookup(const char *device, SwapDevInfo *out, GError **error)
     char line[512];
     bool found = false;
     unsigned idx = 0;
+    int top_other = INT_MIN;
     memset(out, 0, sizeof *out);
     if (!fgets(line, sizeof line, f))
         line[0] = 0;   /* header */
@@ -43,10 +45,13 @@ bool swapdev_lookup(const char *device, SwapDevInfo *out, GError **error)
             out->size_pages = size_kb / 4;
             out->used_pages = used_kb / 4;
             out->priority = prio;
+        } else {
+            top_other = MAX(top_other, prio);
         }
         idx++;
     }
     fclose(f);
+    out->top = found && out->priority > top_other;
     if (!found) {
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_NOENT,
                     "%s is not an active swap device (see /proc/swaps); run "

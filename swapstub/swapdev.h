@@ -11,10 +11,15 @@ typedef struct {
     unsigned type;             /* the swap type pagemap reports for it */
     uint64_t size_pages, used_pages;
     int priority;
+    bool top;                  /* its priority is above every other active device's */
     uint64_t total_pages, total_used_pages;   /* all devices */
 } SwapDevInfo;
 
-/* Finds `device` (a path as /proc/swaps prints it, symlinks resolved). */
+/* Finds `device` (a path as /proc/swaps prints it, symlinks resolved).
+ * Its type is its position in /proc/swaps, which is right only while no
+ * lower type has been swapped off with a higher one still on (with several
+ * swapcopy devices coming and going, often not): arming learns the type
+ * from pagemap instead, and callers that attach later pass it on. */
 bool swapdev_lookup(const char *device, SwapDevInfo *out, GError **error);
 /* Refuse if zswap is enabled: pages would stop in compressed RAM and never
  * reach the device. */

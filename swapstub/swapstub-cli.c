@@ -19,6 +19,8 @@ typedef struct {
     gboolean quiet;
     gboolean map_later;
     char *marker_reads;
+    gint swap_type;             /* -1: look it up */
+    gint evict_seconds;
     gboolean stub, discard_pages;
     gint priority;
 } Args;
@@ -50,6 +52,9 @@ static bool build_config(const Args *a, SwapStubConfig *cfg, bool need_export, G
     cfg->device = a->device;
     cfg->export_name = a->export_name ? a->export_name : "-";
     cfg->export_page = (uint64_t)a->export_page;
+    cfg->swap_type_known = a->swap_type >= 0;
+    cfg->swap_type = cfg->swap_type_known ? (unsigned)a->swap_type : 0;
+    cfg->evict_seconds = a->evict_seconds > 0 ? (unsigned)a->evict_seconds : 0;
     if (!a->control || !a->device || !a->addr || !a->len || (need_export && !a->export_name)) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
                     "needs --addr, --len, --control and --device%s (see --help)",
@@ -85,10 +90,10 @@ static int cmd_arm(const Args *a, GError **error)
     printf("armed pages=%" G_GUINT64_FORMAT " map_runs=%" G_GUINT64_FORMAT " rounds=%u "
            "cached_after_first_pageout=%" G_GUINT64_FORMAT " method=%s seconds=%.3f "
            "markers_s=%.3f pageout_s=%.3f evict_s=%.3f map_s=%.3f mapped=%s "
-           "marker_reads=%" G_GUINT64_FORMAT "\n",
+           "marker_reads=%" G_GUINT64_FORMAT " swap_type=%u\n",
            r.pages, r.map_runs, r.rounds, r.still_cached_first, r.method, r.seconds,
            r.markers_s, r.pageout_s, r.evict_s, r.map_s, a->map_later ? "no" : "yes",
-           r.marker_reads);
+           r.marker_reads, r.swap_type);
     swapstub_free(s);
     return 0;
 }
@@ -237,7 +242,7 @@ static int cmd_swapon(const Args *a, const char *device, GError **error)
 
 int main(int argc, char **argv)
 {
-    Args a = { .priority = -1 };
+    Args a = { .priority = -1, .swap_type = -1 };
     GOptionEntry entries[] = {
         { "pid", 0, 0, G_OPTION_ARG_INT, &a.pid, "Process owning the region", "PID" },
         { "addr", 0, 0, G_OPTION_ARG_STRING, &a.addr, "Start address of the region", "ADDR" },
@@ -255,6 +260,12 @@ int main(int argc, char **argv)
           "arm: do not register the slots yet ('map' does, once the source exists)", NULL },
         { "marker-reads", 0, 0, G_OPTION_ARG_STRING, &a.marker_reads,
           "map: the marker_reads= that 'arm --map-later' printed", "N" },
+        { "swap-type", 0, 0, G_OPTION_ARG_INT, &a.swap_type,
+          "map, disarm, finish, status: the device's swap type, as 'arm' printed it "
+          "(swap_type=; else its line in /proc/swaps, wrong once a lower type was swapped "
+          "off)", "N" },
+        { "evict-seconds", 0, 0, G_OPTION_ARG_INT, &a.evict_seconds,
+          "arm: time allowed to empty the swap cache (default 30)", "S" },
         { "stub", 0, 0, G_OPTION_ARG_NONE, &a.stub,
           "swapon: stub-only device (SWAP_FLAG_STUB, mm-patch-madvise)", NULL },
         { "priority", 0, 0, G_OPTION_ARG_INT, &a.priority, "swapon: priority (0-32767)", "N" },

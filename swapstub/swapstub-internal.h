@@ -16,9 +16,12 @@ struct SwapStub {
     char *control, *device, *export_name;
     uint64_t export_page;
     unsigned type;                 /* swap type of the device */
+    bool type_known;               /* type is known (given, or learnt from pagemap) */
     uint64_t *slot;                /* swap offset of each page at arm time */
     bool *converted;               /* page already back to plain memory */
     bool mapped;                   /* its slots are registered with nbd-pagesrv */
+    bool global_check;             /* another process whose mincore cannot be had:
+                                      eviction checked by the system's SwapCached */
     uint64_t marker_reads;         /* nbd-pagesrv's marker_reads when arming ended */
 };
 

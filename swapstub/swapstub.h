@@ -24,6 +24,9 @@ typedef struct {
     const char *export_name;   /* source export holding the region's content */
     uint64_t export_page;      /* export page that holds the region's first page */
     unsigned evict_seconds;    /* time allowed to empty the swap cache; 0 = 30 */
+    bool swap_type_known;      /* swap_type is the device's type, as an arm reported it
+                                  (SwapStubArmReport.swap_type); else it is looked up */
+    unsigned swap_type;
     bool map_later;            /* arm only: register the slots with swapstub_map() later,
                                 * once the source's export exists */
 } SwapStubConfig;
@@ -34,6 +37,7 @@ typedef struct {
     unsigned rounds;               /* eviction rounds needed */
     uint64_t still_cached_first;   /* pages still in the swap cache after the first pageout */
     const char *method;            /* "stock" or "madv_swapstub" */
+    unsigned swap_type;            /* the device's swap type: pass it on to attach later */
     double seconds;
     /* Where the time went (stock method; madv_swapstub fills map_s):
      * marker writes, page-out until every marker reached the device and

@@ -1,4 +1,5 @@
 #include "target.h"
+#include "remote-syscall.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -177,6 +178,18 @@ bool target_madvise(Target *t, uint64_t addr, size_t len, int advice, GError **e
         done += (size_t)n;
     }
     return true;
+}
+
+bool target_mincore(Target *t, uint64_t addr, size_t pages, unsigned char *vec, GError **error)
+{
+    if (!target_is_self(t))
+        return ss_remote_mincore(t->pid, addr, pages, vec, error);
+    if (mincore((void *)(uintptr_t)addr, pages * PAGE, vec) == 0)
+        return true;
+    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
+                "mincore of %zu pages at 0x%" G_GINT64_MODIFIER "x failed: %s", pages, addr,
+                g_strerror(errno));
+    return false;
 }
 
 bool target_pagemap(Target *t, uint64_t addr, size_t pages, uint64_t *out, GError **error)

@@ -29,6 +29,12 @@ bool target_read_heads(Target *t, uint64_t addr, size_t n, size_t head_len, void
 /* MADV_PAGEOUT and MADV_WILLNEED on any target; other advice only on
  * ourselves. */
 bool target_madvise(Target *t, uint64_t addr, size_t len, int advice, GError **error);
+/* mincore() of the pages at addr: bit 0 of vec[i] set if page i is in
+ * memory or in the swap cache. Another process's is read by running the
+ * call inside it (remote-syscall.h): it stops one of its threads for a
+ * moment, and fails if it cannot be traced. */
+bool target_mincore(Target *t, uint64_t addr, size_t pages, unsigned char *vec,
+                    GError **error);
 /* One /proc/PID/pagemap entry per page. */
 bool target_pagemap(Target *t, uint64_t addr, size_t pages, uint64_t *out, GError **error);
 /* Check [addr, addr+len) lies in one private, writable, anonymous mapping. */
