@@ -2,7 +2,12 @@
 # setup-swap.sh: on the migration destination, start nbd-pagesrv pulling
 # from the source, attach its export as a block device and make it the
 # highest-priority swap device. Prints shell-readable KEY=VALUE lines:
-#   NAME= STATE= DEVICE= SOCKET= CONTROL= PID= SIZE= STUB=
+#   NAME= STATE= DEVICE= SOCKET= CONTROL= PID= SIZE= STUB= PRIORITY=
+# Several migrations into one host each get their own device, one priority
+# above every device already active (from 32000 up): the kernel sends every
+# page-out to the highest, so each region is armed onto its own device
+# while that device is the newest. Setting up and arming therefore take
+# turns (the lock below; see docs/swapstub.md, "Several migrations").
 # On a kernel with mm-patch-madvise the device is stub-only by default
 # (swapstub swapon --stub): ordinary swap-out never uses it, and swapstub
 # arms with MADV_SWAPSTUB, without I/O.
@@ -81,6 +86,18 @@ swapstub_bin=${pagesrv%/*}/swapstub
 if [ "$stub" = yes ] && [ ! -x "$swapstub_bin" ]; then
     swapstub_bin=$(command -v swapstub) || die "a stub-only device is set up with 'swapstub swapon --stub', and swapstub is neither beside $pagesrv nor in PATH: run 'make'"
 fi
+# Setting a device up and arming its region must not interleave with
+# another migration's: a device set up later takes the top priority, and
+# the rest of an arm in progress would go to it. A caller that arms holds
+# this lock across both (swapcopy-migrate, the patched QEMU) and says so
+# with SWAPCOPY_PREPARE_LOCK_HELD=1; alone, this script holds it while it
+# sets the device up.
+prepare_lock=${SWAPCOPY_PREPARE_LOCK:-/run/lock/swapcopy-prepare.lock}
+if [ "${SWAPCOPY_PREPARE_LOCK_HELD:-}" != 1 ]; then
+    mkdir -p "$(dirname "$prepare_lock")"
+    exec 9>>"$prepare_lock" || die "cannot open the lock $prepare_lock"
+    flock 9 || die "cannot lock $prepare_lock"
+fi
 state=$state_root/$name
 if [ -e "$state" ]; then
     if [ -f "$state/pagesrv.pid" ] && kill -0 "$(cat "$state/pagesrv.pid")" 2>/dev/null; then
@@ -88,11 +105,15 @@ if [ -e "$state" ]; then
     fi
     die "$state is left over from an earlier run; clean it with: teardown-swap.sh --name $name"
 fi
-# Our device must get every page: no other device at the same or higher priority.
+# Our device must get every page while its region is armed: one priority
+# above every active device, and at least 32000 (above what hosts give
+# their own swap).
+priority=32000
 while read -r dev _ _ _ prio; do
     [ "$dev" = Filename ] && continue
+    [ "$prio" -ge "$priority" ] && priority=$((prio + 1))
     if [ "$prio" -ge 32767 ]; then
-        die "swap device $dev already has priority $prio; swapcopy needs the highest (32767) alone: swapoff it or lower its priority"
+        die "swap device $dev already has priority $prio, the highest there is; swapcopy's device must be above every other: swapoff $dev or lower its priority"
     fi
 done </proc/swaps
 
@@ -122,7 +143,8 @@ args=(--size "$size" --socket "$sock" --control "$ctl" --src "$src")
 [ "$src_later" = yes ] && args+=(--src-later)
 [ -n "$mem_limit" ] && args+=(--mem-limit "$mem_limit")
 [ "$mem_prealloc" = yes ] && args+=(--mem-prealloc)
-setsid "$pagesrv" "${args[@]}" >"$state/pagesrv.log" 2>&1 </dev/null &
+# 9>&-: the daemons must not hold the preparation lock for their lifetime.
+setsid "$pagesrv" "${args[@]}" >"$state/pagesrv.log" 2>&1 </dev/null 9>&- &
 echo $! >"$state/pagesrv.pid"
 for _ in $(seq 100); do
     [ -S "$ctl" ] && break
@@ -134,15 +156,15 @@ if [ ! -S "$ctl" ]; then
     false   # triggers the ERR trap
 fi
 
-device=$(blockdev_attach "$sock" "$state")
+device=$(blockdev_attach "$sock" "$state" 9>&-)
 echo "$device" >"$state/device"
 label=sc-$name
 mkswap -L "${label:0:16}" "$device" >/dev/null
 if [ "$stub" = yes ]; then
     # util-linux's swapon cannot pass SWAP_FLAG_STUB.
-    "$swapstub_bin" swapon --stub --priority 32767 --discard-pages "$device" >/dev/null
+    "$swapstub_bin" swapon --stub --priority "$priority" --discard-pages "$device" >/dev/null
 else
-    swapon -p 32767 --discard=pages "$device"
+    swapon -p "$priority" --discard=pages "$device"
 fi
 "${pagesrv%/*}/pagesrv-ctl" "$ctl" device "$device" >/dev/null
 touch "$state/swapon"
@@ -157,4 +179,5 @@ CONTROL=$ctl
 PID=$(cat "$state/pagesrv.pid")
 SIZE=$size
 STUB=$stub
+PRIORITY=$priority
 OUT
