@@ -129,4 +129,7 @@ static inline uint64_t demand_key(unsigned id, uint64_t page)
     return (uint64_t)id << 48 | page;
 }
 
+/* dest-tell.c: the control command 'tell-source'. */
+void dest_register_tell(Dest *d, ControlServer *cs);
+
 #endif

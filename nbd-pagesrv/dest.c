@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dest-internal.h"
+#include "nbd-proto.h"
 #include "source-conn.h"
 
 #define COMPLETION_CHECK_MS 100
@@ -191,7 +192,7 @@ static gpointer tell_source_main(gpointer data)
     bool warned = false;
     while (!__atomic_load_n(&d->stopping, __ATOMIC_RELAXED)) {
         g_autoptr(GError) err = NULL;
-        int r = source_tell_done(d->host, d->port, TELL_ATTEMPT_MS, &err);
+        int r = source_tell(d->host, d->port, SWAPCOPY_DONE_EXPORT, TELL_ATTEMPT_MS, &err);
         if (r == 1) {
             __atomic_store_n(&d->source_told, true, __ATOMIC_RELEASE);
             g_message("told the source %s:%s that it is no longer needed", d->host, d->port);
@@ -486,6 +487,7 @@ void dest_register_commands(Dest *d, ControlServer *cs)
                      "(every page of the region was written since); forget them", cmd_release_landed, d);
     control_register(cs, "policy", "policy background on|off | land on|off | bandwidth "
                      "MIB_PER_S | fault-timeout SECONDS", cmd_policy, d);
+    dest_register_tell(d, cs);
 }
 
 /* ---- lifecycle ---------------------------------------------------------- */

@@ -96,11 +96,14 @@ static bool send_info_identity(Connection *c, uint32_t opt, Export *e)
     return send_reply(c, opt, NBD_REP_INFO, info, (uint32_t)(2 + n));
 }
 
-/* The completion message (nbd-proto.h): noted, and acknowledged with the
- * description of an empty read-only export, as NBD_OPT_INFO must be. */
-static OptResult opt_destination_done(Connection *c, uint32_t opt)
+/* The completion and readiness messages (nbd-proto.h): noted, and
+ * acknowledged with the description of an empty read-only export, as
+ * NBD_OPT_INFO must be. */
+static OptResult opt_destination_word(Connection *c, uint32_t opt, bool ready)
 {
-    if (!__atomic_exchange_n(&c->server->destination_done, true, __ATOMIC_ACQ_REL))
+    if (ready && !__atomic_exchange_n(&c->server->destination_ready, true, __ATOMIC_ACQ_REL))
+        g_message("the destination %s reports that it is ready for the migration", c->peer);
+    if (!ready && !__atomic_exchange_n(&c->server->destination_done, true, __ATOMIC_ACQ_REL))
         g_message("the destination %s reports that it has every page: this source is no "
                   "longer needed", c->peer);
     unsigned char info[12];
@@ -132,7 +135,10 @@ static OptResult opt_info_go(Connection *c, uint32_t opt, const unsigned char *d
                    ? OPT_CONTINUE : OPT_CLOSE;
     if (opt == NBD_OPT_INFO && name_len == strlen(SWAPCOPY_DONE_EXPORT) &&
         memcmp(d + 4, SWAPCOPY_DONE_EXPORT, name_len) == 0)
-        return opt_destination_done(c, opt);
+        return opt_destination_word(c, opt, false);
+    if (opt == NBD_OPT_INFO && name_len == strlen(SWAPCOPY_READY_EXPORT) &&
+        memcmp(d + 4, SWAPCOPY_READY_EXPORT, name_len) == 0)
+        return opt_destination_word(c, opt, true);
     Export *e = export_set_find(&c->server->exports, (const char *)d + 4, name_len);
     if (!e)
         return send_error(c, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.*s' (list them "

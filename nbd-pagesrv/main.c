@@ -63,6 +63,13 @@ static void app_stats_json(App *app, GString *out)
     if (app->dest) {
         g_string_append(out, ",\"destination\":");
         dest_status_json(app->dest, out);
+    } else {
+        /* A source: what its destination has said (nbd-proto.h). */
+        g_string_append_printf(out, ",\"destination_ready\":%s,\"destination_done\":%s",
+                               __atomic_load_n(&app->server.destination_ready, __ATOMIC_ACQUIRE)
+                                   ? "true" : "false",
+                               __atomic_load_n(&app->server.destination_done, __ATOMIC_ACQUIRE)
+                                   ? "true" : "false");
     }
     g_string_append(out, ",\"exports\":[");
     for (guint i = 0; i < exports->len; i++) {

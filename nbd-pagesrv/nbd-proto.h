@@ -113,6 +113,10 @@
 /* A source export's description: this prefix, then its identity. */
 #define SWAPCOPY_IDENTITY_PREFIX  "swapcopy-source-identity:"
 #define SWAPCOPY_DONE_EXPORT      "swapcopy:destination-has-every-page"
+/* Sent the same way by a destination on another host once its RAM is
+ * armed and registered: the source may now be asked to migrate
+ * (swapcopy-migrate --role source waits for it). */
+#define SWAPCOPY_READY_EXPORT     "swapcopy:destination-ready"
 
 #define NBD_META_BASE_ALLOCATION  "base:allocation"
 #define NBD_META_ID_BASE_ALLOCATION 1

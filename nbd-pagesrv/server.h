@@ -53,6 +53,8 @@ struct Server {
 
     /* A destination sent the completion message (atomic). */
     bool destination_done;
+    /* A destination said it is ready for the migration (atomic). */
+    bool destination_ready;
 };
 
 void server_init(Server *s);

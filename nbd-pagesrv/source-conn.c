@@ -253,13 +253,14 @@ fail:
     return NULL;
 }
 
-int source_tell_done(const char *host, const char *port, int timeout_ms, GError **error)
+int source_tell(const char *host, const char *port, const char *word, int timeout_ms,
+                GError **error)
 {
     gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
     g_autoptr(GError) why = NULL;
     int result = -1;
     struct nbd_handle *h = nbd_create();
-    if (!h || nbd_set_opt_mode(h, true) < 0 || nbd_set_export_name(h, SWAPCOPY_DONE_EXPORT) < 0 ||
+    if (!h || nbd_set_opt_mode(h, true) < 0 || nbd_set_export_name(h, word) < 0 ||
         nbd_aio_connect_tcp(h, host, port) < 0) {
         g_set_error(&why, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s",
                     h ? nbd_get_error() : "out of memory");
@@ -277,7 +278,7 @@ int source_tell_done(const char *host, const char *port, int timeout_ms, GError 
         nbd_close(h);
     if (result < 0)
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "cannot tell the source %s:%s "
-                    "that this destination is done: %s", host, port, why->message);
+                    "'%s': %s", host, port, word, why->message);
     return result;
 }
 

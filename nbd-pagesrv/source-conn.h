@@ -29,11 +29,13 @@ struct nbd_handle *source_connect(const char *host, const char *port, const char
 GHashTable *source_list_exports(const char *host, const char *port, int timeout_ms,
                                 GError **error);
 
-/* Tell the source this destination has every page (or its swap device is
- * gone): the completion message of nbd-proto.h. 1: the source noted it; 0:
- * the source does not know the message (not an nbd-pagesrv; nothing to
- * tell); -1 with *error: not delivered (retry). */
-int source_tell_done(const char *host, const char *port, int timeout_ms, GError **error);
+/* Give the source one of swapcopy's words (nbd-proto.h): word is
+ * SWAPCOPY_DONE_EXPORT (this destination has every page, or its swap
+ * device is gone) or SWAPCOPY_READY_EXPORT (ready for the migration). 1:
+ * the source noted it; 0: the source does not know the word (not an
+ * nbd-pagesrv); -1 with *error: not delivered (retry). */
+int source_tell(const char *host, const char *port, const char *word, int timeout_ms,
+                GError **error);
 
 /* Wait up to timeout_ms for the handle (or the wake eventfd) and let libnbd
  * make progress. Returns 0, or -1 if the connection is dead. */
