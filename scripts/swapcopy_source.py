@@ -1,0 +1,235 @@
+"""The source's side of a swapcopy migration: the RAM exporter, and the
+source host's half of a migration between two hosts (swapcopy-migrate
+--role source). Imported by scripts/swapcopy-migrate."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+from qmp import QMP
+
+
+class Failure(Exception):
+    pass
+
+
+def log(msg):
+    print(f"swapcopy-migrate: {msg}", file=sys.stderr, flush=True)
+
+
+def memdev(q, block):
+    for m in q.cmd("query-memdev"):
+        if m.get("id") == block:
+            return m
+    raise Failure(f"{q.path}: no memory backend '{block}' (start QEMU with "
+                  f"-machine memory-backend={block})")
+
+
+class Exporter:
+    """nbd-pagesrv serving the source's RAM file read-only. It exits by
+    itself once a destination has said it has every page and every client
+    has gone (--exit-when-idle); its control socket tells whether a
+    destination on another host has said it is ready."""
+
+    def __init__(self, build, state_dir, name, block, ram_file, listen):
+        self.build, self.block, self.ram_file, self.listen = build, block, ram_file, listen
+        # Beside the destination's state directory of the same name (which
+        # setup-swap.sh creates, and refuses if it exists): several
+        # migrations may share the state directory.
+        self.log_path = os.path.join(state_dir, f"{name}.exporter.log")
+        self.control = os.path.join(state_dir, f"{name}.exporter.ctl")
+        self.proc = None
+
+    def spawn(self):
+        with open(self.log_path, "w") as logf:
+            self.proc = subprocess.Popen(
+                [os.path.join(self.build, "nbd-pagesrv"), "--export",
+                 f"{self.block}={self.ram_file}", "--listen", self.listen,
+                 "--control", self.control, "--exit-when-idle", "--no-mlock"],
+                stdout=logf, stderr=logf, start_new_session=True)
+
+    def wait_listening(self):
+        # Ready once it says it listens (it logs that after listen()
+        # succeeded). Probing with a client instead would hang on whatever
+        # else might hold the port and accept without answering. A prepared
+        # destination waits on nothing else before the switch: poll often.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with open(self.log_path) as f:
+                if f"serving NBD on TCP {self.listen}" in f.read():
+                    return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.002)
+        with open(self.log_path) as f:
+            said = " / ".join(f.read().strip().splitlines()[-3:]) or "it printed nothing"
+        state = "no word of listening within 10 s" if self.proc.poll() is None else \
+            f"exited with status {self.proc.returncode}"
+        raise Failure(f"the source exporter on {self.listen} did not start ({state}): "
+                      f"{said}; full log in {self.log_path}")
+
+    def start(self):
+        self.spawn()
+        self.wait_listening()
+
+    def stats(self):
+        r = subprocess.run([os.path.join(self.build, "pagesrv-ctl"), self.control, "stats"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise Failure(f"the source exporter's stats ({self.control}) failed: "
+                          f"{r.stderr.strip() or r.stdout.strip()}")
+        return json.loads(r.stdout)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace=5):
+        """Wait for it to exit by itself (--exit-when-idle), then stop it."""
+        if not self.alive():
+            return
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+class SourceSide:
+    """swapcopy-migrate --role source: on the source host, export the
+    guest's RAM, wait until the destination host says it is ready (armed
+    and registered: swapcopy-migrate --role destination there), migrate
+    device state, then serve pages until the destination has them all."""
+
+    def __init__(self, a):
+        self.a = a
+        self.t = {}
+        self.exporter = None
+        self.switched = False
+
+    def mark(self, name):
+        self.t[name] = time.monotonic()
+
+    def check(self):
+        a = self.a
+        self.src = QMP(a.src_qmp)
+        st = self.src.cmd("query-status")["status"]
+        if st not in ("running", "paused"):
+            raise Failure(f"source QEMU is '{st}', not running or paused")
+        m = memdev(self.src, a.block)
+        if not m.get("share"):
+            raise Failure(f"source block '{a.block}' is not share=on: its RAM must be a shared "
+                          f"file (memory-backend-file,share=on,mem-path=/dev/shm/...)")
+        self.size = m["size"]
+        self.ram_file = a.src_ram or self.src.cmd("qom-get", path=f"/objects/{a.block}",
+                                                  property="mem-path")
+        log(f"source {st}; block '{a.block}' {self.size >> 20} MiB in {self.ram_file}")
+
+    def wait_ready(self):
+        deadline = time.monotonic() + self.a.wait_peer
+        log(f"exporting on {self.a.source_listen}; waiting for the destination to say it is "
+            f"ready (swapcopy-migrate --role destination --source ADDRESS-OF-THIS-HOST:PORT "
+            f"there)")
+        while not self.exporter.stats().get("destination_ready"):
+            if not self.exporter.alive():
+                raise Failure(f"the source exporter exited; see {self.exporter.log_path}")
+            if time.monotonic() > deadline:
+                raise Failure(f"the destination did not say it is ready within "
+                              f"{self.a.wait_peer:.0f} s")
+            time.sleep(0.01)
+        self.mark("ready")
+
+    def migrate(self):
+        caps = [{"capability": "x-ignore-shared", "state": True}]
+        self.src.cmd("migrate-set-capabilities", capabilities=caps)
+        self.mark("migrate")
+        self.src.cmd("migrate", uri=self.a.migrate_uri)
+        while True:
+            m = self.src.cmd("query-migrate")
+            if m.get("status") == "completed":
+                break
+            if m.get("status") in ("failed", "cancelled"):
+                raise Failure(f"migration {m['status']}: {m.get('error-desc', '')}")
+            time.sleep(0.005)
+        self.mark("switched")
+        self.switched = True
+        for _ in range(200):   # 7.2 may fill the figures in a moment later
+            if "downtime" in m:
+                break
+            time.sleep(0.005)
+            m = self.src.cmd("query-migrate")
+        self.downtime_ms = m.get("downtime")
+        log(f"switched over: downtime {self.downtime_ms} ms; serving pages until the "
+            f"destination has them all")
+
+    def serve(self):
+        last, st = 0, {}
+        while self.exporter.alive():
+            try:
+                st = self.exporter.stats()
+            except Failure:
+                if not self.exporter.alive():
+                    break
+                raise
+            now = time.monotonic()
+            if now - last >= self.a.progress_interval:
+                log(f"served {st['bytes']['read'] / 1048576:.0f} MiB to "
+                    f"{st['connections']['current']} connections"
+                    f"{'; the destination has every page' if st.get('destination_done') else ''}")
+                last = now
+            self.served = st["bytes"]["read"]
+            time.sleep(0.1)
+        if self.exporter.proc.returncode != 0:
+            raise Failure(f"the source exporter exited with status "
+                          f"{self.exporter.proc.returncode}; see {self.exporter.log_path}")
+        self.mark("done")
+
+    def summary(self):
+        t = self.t
+        s = {"role": "source", "ram_mib": self.size >> 20, "downtime_ms": self.downtime_ms,
+             "migrate_to_switch_s": round(t["switched"] - t["migrate"], 4),
+             "waited_for_destination_s": round(t["ready"] - t["start"], 3),
+             "source_needed_s": round(t["done"] - t["migrate"], 3),
+             "bytes_served": getattr(self, "served", 0)}
+        print("swapcopy migration summary (source side)")
+        print(f"  RAM                  {s['ram_mib']} MiB (block '{self.a.block}')")
+        print(f"  waited for the destination {s['waited_for_destination_s']:.3f} s (its "
+              f"preparation and registration)")
+        print(f"  migrate -> switch    {s['migrate_to_switch_s']:.3f} s")
+        print(f"  downtime             {s['downtime_ms']} ms (QEMU's figure)")
+        print(f"  source needed for    {s['source_needed_s']:.3f} s (migrate -> the "
+              f"destination has every page)")
+        print(f"  bytes served         {s['bytes_served'] / 1048576:.1f} MiB")
+        if self.a.json:
+            with open(self.a.json, "w") as f:
+                json.dump(s, f, indent=1)
+        return s
+
+    def run(self):
+        self.mark("start")
+        os.makedirs(self.a.state_dir, exist_ok=True)
+        self.check()
+        self.exporter = Exporter(self.a.build, self.a.state_dir, self.a.name, self.a.block,
+                                 self.ram_file, self.a.source_listen)
+        self.exporter.start()
+        self.wait_ready()
+        self.migrate()
+        self.serve()
+        return self.summary()
+
+    def abort(self, why):
+        log(f"FAILED: {why}")
+        if self.switched:
+            if self.exporter and self.exporter.alive():
+                log(f"the guest runs on the destination and may still need pages: the "
+                    f"exporter (pid {self.exporter.proc.pid}) keeps serving and exits by "
+                    f"itself once the destination has them all")
+            return
+        try:
+            self.src.cmd("migrate_cancel")
+        except Exception:
+            pass
+        if self.exporter and self.exporter.alive():
+            self.exporter.proc.terminate()
+            self.exporter.proc.wait()
+        log("the source is unchanged")
