@@ -39,7 +39,8 @@ _guest_timestamp() {
     done
 }
 
-# guest_boot QEMU_ARGS...: boot memwalk under TCG in the background with
+# guest_boot QEMU_ARGS...: boot memwalk under TCG in the background (in
+# network namespace $GUEST_NETNS if set, lib/netns.bash) with
 # the serial port logged to $GUEST_LOG (see above) and QMP on $GUEST_QMP;
 # QEMU_ARGS add to it (-m 128M, -append "walk_mib=16", -object ...,
 # -incoming ...). Sets GUEST_PID GUEST_LOG GUEST_QMP GUEST_QEMU_LOG. QEMU
@@ -59,6 +60,7 @@ guest_boot() {
     _guest_timestamp <"$fifo" >"$GUEST_LOG" 3>&- &
     reader=$!
     defer kill_wait "$reader"
+    ${GUEST_NETNS:+nsenter "--net=/run/netns/$GUEST_NETNS"} \
     "$GUEST_QEMU" -accel tcg -kernel "$GUEST_ELF" -nodefaults -display none -no-reboot \
         -chardev "file,id=serial0,path=$fifo" -serial chardev:serial0 \
         -qmp "unix:$GUEST_QMP,server=on,wait=off" "$@" \

@@ -7,6 +7,9 @@
 #   anonymous RAM, exporter on a free loopback port) and a patched
 #   destination waiting on -incoming with -postcopy swap,src=...; sets
 #   SRC_PID SRC_LOG SRC_QMP DST_PID DST_LOG DST_QMP QP_URI QP_SWAP_NAME.
+#   QP_NS_SRC / QP_NS_DST run the source / destination in those network
+#   namespaces (lib/netns.bash), with QP_SRC_IP / QP_DST_IP for addresses
+#   instead of 127.0.0.1, as on two hosts.
 #   QP_DST_POSTCOPY="" starts the destination without -postcopy swap;
 #   QP_DST_MODE=control sets the swap device up first (setup-swap.sh
 #   --src-later, before the source's exporter exists) and starts the
@@ -29,30 +32,34 @@ qp_binary() {
 }
 
 qp_pair_start() {
-    local mib=$1 sport mport; shift
-    free_port_pair sport mport || return 1
-    QP_URI=tcp:127.0.0.1:$mport
+    local mib=$1 sport mport sip=${QP_SRC_IP:-127.0.0.1} dip=${QP_DST_IP:-127.0.0.1}; shift
+    if [ -n "${QP_NS_DST:-}" ]; then
+        sport=4444 mport=4445       # namespaces of the test's own: free
+    else
+        free_port_pair sport mport || return 1
+    fi
+    QP_URI=tcp:$dip:$mport
     QP_SWAP_NAME=qp$$-$BATS_TEST_NUMBER
     local state=$BATS_TEST_TMPDIR/run
     # QEMU tears the device down itself; this covers a QEMU that died.
     defer "$SWAPCOPY_SRC/scripts/teardown-swap.sh" --name "$QP_SWAP_NAME" --state-dir "$state"
-    GUEST_QEMU=$QP_QEMU GUEST_NAME=src guest_boot -m "${mib}M" \
-        -postcopy "swap,server=$PAGESRV,listen=127.0.0.1:$sport" "$@" || return 1
+    GUEST_NETNS=${QP_NS_SRC:-} GUEST_QEMU=$QP_QEMU GUEST_NAME=src guest_boot -m "${mib}M" \
+        -postcopy "swap,server=$PAGESRV,listen=$sip:$sport" "$@" || return 1
     # shellcheck disable=SC2034 # used by the tests
     SRC_PID=$GUEST_PID SRC_LOG=$GUEST_LOG SRC_QMP=$GUEST_QMP SRC_QEMU_LOG=$GUEST_QEMU_LOG
-    local post=(-postcopy "swap,src=127.0.0.1:$sport,setup=$SWAPCOPY_SRC/scripts/setup-swap.sh,name=$QP_SWAP_NAME,state-dir=$state,server=$PAGESRV")
+    local post=(-postcopy "swap,src=$sip:$sport,setup=$SWAPCOPY_SRC/scripts/setup-swap.sh,name=$QP_SWAP_NAME,state-dir=$state,server=$PAGESRV")
     [ "${QP_DST_POSTCOPY-x}" = "" ] && post=()
     if [ "${QP_DST_MODE:-}" = control ]; then
         local out
         # The device must hold the guest's RAM and firmware with room to
         # stay under half full.
-        out=$("$SWAPCOPY_SRC/scripts/setup-swap.sh" --src "127.0.0.1:$sport" --src-later \
+        out=$("$SWAPCOPY_SRC/scripts/setup-swap.sh" --src "$sip:$sport" --src-later \
               --size "$(( mib * 4 + 256 ))M" --name "$QP_SWAP_NAME" --state-dir "$state") || return 1
         QP_CONTROL=$(sed -n 's/^CONTROL=//p' <<<"$out")
         post=(-postcopy "swap,control=$QP_CONTROL")
     fi
-    GUEST_QEMU=$QP_QEMU GUEST_NAME=dst guest_boot -m "${mib}M" -incoming "$QP_URI" \
-        "${post[@]}" "$@" || return 1
+    GUEST_NETNS=${QP_NS_DST:-} GUEST_QEMU=$QP_QEMU GUEST_NAME=dst guest_boot -m "${mib}M" \
+        -incoming "$QP_URI" "${post[@]}" "$@" || return 1
     # shellcheck disable=SC2034 # used by the tests
     DST_PID=$GUEST_PID DST_LOG=$GUEST_LOG DST_QMP=$GUEST_QMP DST_QEMU_LOG=$GUEST_QEMU_LOG
     # A failed test shows what both QEMUs and the destination's nbd-pagesrv
@@ -61,18 +68,19 @@ qp_pair_start() {
     # QEMU creates its QMP socket before it binds the -incoming port: a
     # 'migrate' in between is refused. (Connecting to check would start an
     # incoming migration; the kernel's socket table says it without one.)
-    if ! wait_for _qp_listening "$mport"; then
-        echo "the destination QEMU is not listening on 127.0.0.1:$mport; its output:" >&2
+    if ! wait_for _qp_listening "$mport" "${QP_NS_DST:-}"; then
+        echo "the destination QEMU is not listening on $dip:$mport; its output:" >&2
         cat "$DST_QEMU_LOG" >&2
         return 1
     fi
 }
 
-# _qp_listening PORT: something listens on TCP PORT (IPv4, any address).
+# _qp_listening PORT [NETNS]: something listens on TCP PORT (IPv4, any
+# address), in network namespace NETNS if given.
 _qp_listening() {
-    awk -v port="$(printf '%04X' "$1")" \
-        'NR > 1 { split($2, a, ":"); if (a[2] == port && $4 == "0A") found = 1 } END { exit !found }' \
-        /proc/net/tcp
+    ${2:+nsenter "--net=/run/netns/$2"} cat /proc/net/tcp |
+        awk -v port="$(printf '%04X' "$1")" \
+            'NR > 1 { split($2, a, ":"); if (a[2] == port && $4 == "0A") found = 1 } END { exit !found }'
 }
 
 # qp_qmp QMP_SOCKET COMMAND [JSON-ARGS]: one QMP command, prints its return value.

@@ -4,7 +4,8 @@
 # shared file (/dev/shm), destination with private anonymous RAM waiting
 # on -incoming defer. Sets SRC_QMP DST_QMP SRC_RAM SRC_QPID DST_QPID and
 # SRC_SERIAL DST_SERIAL (serial output files). Both are killed, and the RAM
-# file removed, at teardown.
+# file removed, at teardown. QEMU_NETNS_SRC / QEMU_NETNS_DST run either in a
+# network namespace (lib/netns.bash), as on two hosts.
 
 qemu_common_args() {
     echo -accel tcg -m "$1M" -machine pc,memory-backend=mem -display none -nodefaults \
@@ -12,8 +13,10 @@ qemu_common_args() {
 }
 
 _qemu_start() {   # name pidvar extra...
-    local name=$1 pidvar=$2; shift 2
-    qemu-system-x86_64 "$@" -qmp "unix:$BATS_TEST_TMPDIR/$name.qmp,server=on,wait=off" \
+    local name=$1 pidvar=$2 ns=; shift 2
+    [ "$name" = src ] && ns=${QEMU_NETNS_SRC:-}
+    [ "$name" = dst ] && ns=${QEMU_NETNS_DST:-}
+    ${ns:+nsenter "--net=/run/netns/$ns"} qemu-system-x86_64 "$@" -qmp "unix:$BATS_TEST_TMPDIR/$name.qmp,server=on,wait=off" \
         -pidfile "$BATS_TEST_TMPDIR/$name.pid" -daemonize \
         >"$BATS_TEST_TMPDIR/$name.log" 2>&1 || { cat "$BATS_TEST_TMPDIR/$name.log" >&2; return 1; }
     printf -v "$pidvar" '%s' "$(cat "$BATS_TEST_TMPDIR/$name.pid")"

@@ -1,0 +1,158 @@
+#!/usr/bin/env bats
+# A migration between two hosts (issue 17): source and destination each in
+# a network namespace of their own, joined by a veth pair; each side is
+# started by its own command in its own namespace, and the pages cross the
+# veth link. Both paths: stock QEMU with swapcopy-migrate --role
+# source/destination, and the patched QEMU's -postcopy swap,listen=/src=.
+
+load lib/common
+load lib/migration
+load lib/guest
+load lib/qemu
+load lib/qemu-patched
+load lib/netns
+
+setup() {
+    [ "$(id -u)" = 0 ] || { echo "these tests need root (netns, swap, QEMU)" >&2; return 1; }
+    guest_check_prereqs
+    BEFORE=$(machine_state)
+}
+
+teardown() {
+    run_deferred
+    [ "$(machine_state)" = "$BEFORE" ] || { echo "left behind:"; machine_state; false; }
+}
+
+# two_host_stock GUEST_ARGS...: a stock QEMU pair, source in NS_SRC and
+# destination in NS_DST, migrated by one swapcopy-migrate per side, each in
+# its side's namespace; the destination's side starts first (it prepares,
+# then waits for the source's exporter). Sets SRC_OUT DST_OUT, the two
+# summaries' JSON files SRC_JSON DST_JSON, and fails unless both succeed.
+two_host_stock() {
+    local name=t$$-$BATS_TEST_NUMBER state=$BATS_TEST_TMPDIR/run dpid st=0
+    SRC_OUT=$BATS_TEST_TMPDIR/src-side.out DST_OUT=$BATS_TEST_TMPDIR/dst-side.out
+    SRC_JSON=$BATS_TEST_TMPDIR/src-side.json DST_JSON=$BATS_TEST_TMPDIR/dst-side.json
+    defer "$SWAPCOPY_SRC/scripts/teardown-swap.sh" --name "$name" --state-dir "$state/dst"
+    in_ns "$NS_DST" "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --role destination \
+        --dst-qmp "$DST_QMP" --source "$SRC_IP:4444" --migrate-uri "tcp:$DST_IP:4445" \
+        --name "$name" --state-dir "$state/dst" --json "$DST_JSON" --wait-peer 120 \
+        >"$DST_OUT" 2>&1 &
+    dpid=$!
+    defer kill_wait "$dpid"
+    in_ns "$NS_SRC" "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --role source \
+        --src-qmp "$SRC_QMP" --source-listen "$SRC_IP:4444" --migrate-uri "tcp:$DST_IP:4445" \
+        --name "$name" --state-dir "$state/src" --json "$SRC_JSON" --wait-peer 120 \
+        >"$SRC_OUT" 2>&1 || st=$?
+    wait "$dpid" || st=$(( st + 100 ))
+    echo "---- source side"; cat "$SRC_OUT"
+    echo "---- destination side"; cat "$DST_OUT"
+    [ "$st" -eq 0 ]
+}
+
+# crossed_veth: what the destination fetched came over the veth link into
+# NS_DST, not over any loopback.
+crossed_veth() {
+    local fetched rx
+    fetched=$(json_get "$(cat "$1")" bytes_fetched)
+    rx=$(ns_rx_bytes "$NS_DST" "$VETH_DST")
+    echo "fetched $fetched bytes; $VETH_DST received $rx bytes"
+    [ "$fetched" -gt 0 ]
+    [ "$rx" -ge "$fetched" ]
+}
+
+@test "two hosts, stock QEMU: one swapcopy-migrate per side, pages over the veth link, memwalk goes on passing" {
+    netns_pair
+    QEMU_NETNS_SRC=$NS_SRC QEMU_NETNS_DST=$NS_DST \
+        qemu_pair_start 128 -kernel "$SWAPCOPY_BUILD/guest/memwalk.elf"
+    wait_for_pass "$SRC_SERIAL" 2 60
+    two_host_stock
+    grep -q "ready: told the source at $SRC_IP:4444" "$DST_OUT"
+    grep -q "swapcopy migration summary (source side)" "$SRC_OUT"
+    wait_for_pass "$DST_SERIAL" $(( $(grep -c '^PASS' "$DST_SERIAL") + 5 )) 120
+    run grep '^ERROR' "$SRC_SERIAL" "$DST_SERIAL"
+    [ "$status" -eq 1 ]
+    crossed_veth "$DST_JSON"
+    # The source served what the destination fetched.
+    [ "$(json_get "$(cat "$SRC_JSON")" bytes_served)" -ge "$(json_get "$(cat "$DST_JSON")" bytes_fetched)" ]
+}
+
+@test "two hosts, stock QEMU: a Linux guest checksumming its memory survives, pages over the veth link" {
+    guest=$("$SWAPCOPY_SRC/tests/vm/linux-guest.sh")
+    kernel=$(sed -n 's/^KERNEL=//p' <<<"$guest"); initrd=$(sed -n 's/^INITRD=//p' <<<"$guest")
+    netns_pair
+    QEMU_NETNS_SRC=$NS_SRC QEMU_NETNS_DST=$NS_DST qemu_pair_start 256 -kernel "$kernel" \
+        -initrd "$initrd" -append "console=ttyS0 quiet memcheck_mib=48"
+    wait_for_lines "$SRC_SERIAL" '^LPASS' 2 180
+    two_host_stock
+    wait_for_lines "$DST_SERIAL" '^LPASS' 2 180
+    run grep '^LERROR' "$SRC_SERIAL" "$DST_SERIAL"
+    [ "$status" -eq 1 ]
+    crossed_veth "$DST_JSON"
+}
+
+@test "two hosts, stock QEMU: the destination side refuses to go on without its source, and undoes its preparation" {
+    netns_pair
+    QEMU_NETNS_SRC=$NS_SRC QEMU_NETNS_DST=$NS_DST \
+        qemu_pair_start 64 -kernel "$SWAPCOPY_BUILD/guest/memwalk.elf"
+    run in_ns "$NS_DST" "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --role destination \
+        --dst-qmp "$DST_QMP" --source "$SRC_IP:4444" --migrate-uri "tcp:$DST_IP:4445" \
+        --name "t$$-$BATS_TEST_NUMBER" --state-dir "$BATS_TEST_TMPDIR/run" --wait-peer 3
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"did not answer within 3 s"* ]]
+    # Nothing is left set up, and the source never moved.
+    [ "$(machine_state)" = "$BEFORE" ]
+    [ "$(qmp "$SRC_QMP" query-status | json_get "$(cat)" status)" = running ]
+}
+
+# two_host_patched GUEST_ARGS...: a patched QEMU pair across the namespaces
+# (source exporter on SRC_IP, destination set up with src=SRC_IP), migrated
+# from the source's QMP; sets QP_RESULT.
+two_host_patched() {
+    qp_binary
+    QP_NS_SRC=$NS_SRC QP_NS_DST=$NS_DST QP_SRC_IP=$SRC_IP QP_DST_IP=$DST_IP qp_pair_start "$@"
+}
+
+@test "two hosts, patched QEMU: -postcopy swap,listen= on one side, src= on the other, pages over the veth link" {
+    netns_pair
+    two_host_patched 128
+    GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG guest_wait_pass 2 60
+    run qp_migrate
+    echo "$output"
+    [ "$status" -eq 0 ]
+    result=$(tail -n 1 <<<"$output")
+    last=$(GUEST_LOG=$SRC_LOG guest_last_pass)
+    GUEST_LOG=$DST_LOG GUEST_PID=$DST_PID GUEST_QEMU_LOG=$DST_QEMU_LOG guest_wait_pass $(( last + 3 )) 120
+    GUEST_LOG=$DST_LOG run guest_errors
+    [ "$status" -ne 0 ]
+    fetched=$(json_get "$result" dst.postcopy-swap.bytes-fetched)
+    rx=$(ns_rx_bytes "$NS_DST" "$VETH_DST")
+    echo "fetched $fetched bytes; $VETH_DST received $rx bytes"
+    [ "$fetched" -gt 0 ]
+    [ "$rx" -ge "$fetched" ]
+}
+
+@test "two hosts, patched QEMU: a Linux guest checksumming its memory survives, pages over the veth link" {
+    guest=$("$SWAPCOPY_SRC/tests/vm/linux-guest.sh")
+    GUEST_ELF=$(sed -n 's/^KERNEL=//p' <<<"$guest")
+    initrd=$(sed -n 's/^INITRD=//p' <<<"$guest")
+    netns_pair
+    two_host_patched 256 -initrd "$initrd" -append "console=ttyS0 quiet memcheck_mib=48"
+    GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG \
+        guest_wait_line 'LPASS 1' 180
+    run qp_migrate
+    echo "$output"
+    [ "$status" -eq 0 ]
+    n=$(grep -c ' LPASS ' "$DST_LOG" || true)
+    for _ in $(seq 1800); do
+        grep -q ' LERROR' "$SRC_LOG" "$DST_LOG" && break
+        [ "$(grep -c ' LPASS ' "$DST_LOG" || true)" -ge $(( n + 2 )) ] && break
+        sleep 0.1
+    done
+    run grep ' LERROR' "$SRC_LOG" "$DST_LOG"
+    [ "$status" -eq 1 ]
+    [ "$(grep -c ' LPASS ' "$DST_LOG" || true)" -ge $(( n + 2 )) ]
+    rx=$(ns_rx_bytes "$NS_DST" "$VETH_DST")
+    echo "$VETH_DST received $rx bytes"
+    [ "$rx" -ge $(( 48 << 20 )) ]
+}
