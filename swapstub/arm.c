@@ -50,6 +50,7 @@ void swapstub_free(SwapStub *s)
 {
     if (!s)
         return;
+    swapstub_unpin(&s->pin);
     target_close(&s->t);
     g_free(s->control);
     g_free(s->device);
@@ -189,9 +190,10 @@ static bool collect_slots(SwapStub *s, Span sp, GError **error)
         if (!target_pagemap(&s->t, page_addr(s, sp.first), sp.n, pm, error))
             return false;
         uint64_t missing = 0, first_missing = 0;
-        /* Until the type is known, every page must be where the first went. */
+        /* Until the type is known, every page must be where the first went
+         * (or, primed, where the scratch pages went). */
         unsigned type = s->type;
-        for (uint64_t i = 0; !s->type_known && i < sp.n; i++) {
+        for (uint64_t i = 0; !s->type_known && !s->primed && i < sp.n; i++) {
             if (pm[i] & PM_SWAPPED) {
                 type = pm_swap_type(pm[i]);
                 break;
@@ -543,8 +545,22 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
                     dev.priority, cfg->device);
         goto fail_early;
     }
-    if (!cfg->swap_type_known)
-        s->type_known = false;     /* learnt from the first chunk's pages */
+    /* This CPU's page-outs may still go to a swap cluster of another
+     * device the kernel cached for it: exhaust that first, and stay on
+     * this CPU while arming. The type it then allocates on is the
+     * device's (checked against the first chunk). */
+    int primed = swapstub_prime_swap_alloc(&s->pin, error);
+    if (primed < 0)
+        goto fail_early;
+    if (cfg->swap_type_known && (unsigned)primed != cfg->swap_type) {
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                    "page-outs go to swap type %d, but %s was given as type %u: is it the "
+                    "highest-priority device?", primed, cfg->device, cfg->swap_type);
+        goto fail_early;
+    }
+    s->type = (unsigned)primed;
+    s->primed = true;
+    s->type_known = false;         /* verified with the first chunk's pages */
     if ((dev.total_used_pages + s->pages) * 2 >= dev.total_pages) {
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_NOSPC,
                     "arming %" G_GUINT64_FORMAT " pages would leave swap at least half full "
@@ -598,6 +614,7 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
     r->marker_reads = s->marker_reads;
     r->swap_type = s->type;
     markers_off(s);
+    swapstub_unpin(&s->pin);
     if (!cfg->map_later && !swapstub_map(s, r, error))
         goto fail_early;               /* swapstub_map disarmed it */
     r->seconds = (double)(g_get_monotonic_time() - t0) / 1e6;

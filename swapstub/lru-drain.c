@@ -40,8 +40,11 @@ static bool drain_all_by_mbind(void *scratch)
 
 static bool drain_each_cpu(void *scratch, GError **error)
 {
-    cpu_set_t allowed;
-    if (sched_getaffinity(0, sizeof allowed, &allowed) < 0) {
+    /* Every CPU the process may use (its main thread's set: this thread
+     * may be pinned to one CPU while it arms, swap-alloc-prime.c). */
+    cpu_set_t allowed, saved;
+    if (sched_getaffinity(0, sizeof saved, &saved) < 0 ||
+        sched_getaffinity(getpid(), sizeof allowed, &allowed) < 0) {
         g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
                     "sched_getaffinity of the arming thread failed: %s", g_strerror(errno));
         return false;
@@ -58,7 +61,7 @@ static bool drain_each_cpu(void *scratch, GError **error)
             continue;
         ok = pageout_here(scratch, error);
     }
-    if (sched_setaffinity(0, sizeof allowed, &allowed) < 0 && ok) {
+    if (sched_setaffinity(0, sizeof saved, &saved) < 0 && ok) {
         g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
                     "restoring the arming thread's CPU affinity failed: %s", g_strerror(errno));
         ok = false;

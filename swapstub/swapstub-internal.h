@@ -1,6 +1,8 @@
 #ifndef SWAPSTUB_INTERNAL_H
 #define SWAPSTUB_INTERNAL_H
 
+#include <sched.h>
+
 #include "swapdev.h"
 #include "swapstub.h"
 #include "target.h"
@@ -10,6 +12,12 @@
  * advice number). */
 #define SWAPSTUB_SYSFS "/sys/kernel/mm/swap/swapstub"
 
+/* The arming thread pinned to one CPU (swap-alloc-prime.c). */
+typedef struct {
+    cpu_set_t saved;               /* its affinity before */
+    bool pinned;
+} SwapStubPin;
+
 struct SwapStub {
     Target t;
     uint64_t addr, pages;
@@ -17,6 +25,8 @@ struct SwapStub {
     uint64_t export_page;
     unsigned type;                 /* swap type of the device */
     bool type_known;               /* type is known (given, or learnt from pagemap) */
+    bool primed;                   /* type is where this CPU's page-outs now go */
+    SwapStubPin pin;
     uint64_t *slot;                /* swap offset of each page at arm time */
     bool *converted;               /* page already back to plain memory */
     bool mapped;                   /* its slots are registered with nbd-pagesrv */
@@ -36,6 +46,12 @@ bool swapstub_register_mapping(SwapStub *s, SwapStubArmReport *r, GError **error
 /* nbd-pagesrv's count of reads of marker slots ("stats" marker_reads). */
 bool swapstub_daemon_marker_reads(SwapStub *s, uint64_t *out, GError **error);
 bool swapstub_verify_slots(SwapStub *s, GError **error);
+
+/* swap-alloc-prime.c: pin the calling thread to its CPU and make that
+ * CPU's next swap slots (orders 0 and 9) come from the highest-priority
+ * device, whose swap type it returns; -1 with *error (then not pinned). */
+int swapstub_prime_swap_alloc(SwapStubPin *pin, GError **error);
+void swapstub_unpin(SwapStubPin *pin);
 
 /* arm-madvise.c. Which method arms s: 1 MADV_SWAPSTUB (*advice set), 0 the
  * stock-kernel recipe, -1 error. SWAPSTUB_ARM_METHOD (auto, stock,

@@ -141,3 +141,26 @@ arm_cmd() {  # TAG-of-process TAG-of-device [more swapstub args]
     cat "$BATS_TEST_TMPDIR/noise.out"
     grep -q "wrong=0" "$BATS_TEST_TMPDIR/noise.out"
 }
+
+# The kernel keeps, per CPU, the swap cluster it last allocated from and
+# takes the next slots from it whatever the priorities: right after a
+# region was armed onto device a from CPU 0, CPU 0's next small page-outs
+# would still go to a. Arming onto the newer device b from the same CPU
+# first uses that cluster up (swap-alloc-prime.c).
+@test "arming from a CPU whose cached swap cluster is on an older device still puts every page on the new one" {
+    source_start 8
+    device_setup a
+    hold x 1                          # half a cluster: the rest stays cached
+    run taskset -c 0 "$SWAPCOPY_BUILD/swapstub" arm --pid "$PID_x" --addr "$ADDR_x" --len "$LEN_x" \
+        --control "$CTL_a" --device "$DEV_a" --export mem
+    echo "$output"
+    [ "$status" -eq 0 ]
+    device_setup b
+    hold y 1
+    run taskset -c 0 "$SWAPCOPY_BUILD/swapstub" arm --pid "$PID_y" --addr "$ADDR_y" --len "$LEN_y" \
+        --control "$CTL_b" --device "$DEV_b" --export mem
+    echo "$output"
+    [ "$status" -eq 0 ]
+    check_held y 256
+    check_held x 256
+}
