@@ -146,10 +146,10 @@ args=(--size "$size" --socket "$sock" --control "$ctl" --src "$src")
 # 9>&-: the daemons must not hold the preparation lock for their lifetime.
 setsid "$pagesrv" "${args[@]}" >"$state/pagesrv.log" 2>&1 </dev/null 9>&- &
 echo $! >"$state/pagesrv.pid"
-for _ in $(seq 100); do
+for _ in $(seq 1000); do
     [ -S "$ctl" ] && break
     kill -0 "$(cat "$state/pagesrv.pid")" 2>/dev/null || break
-    sleep 0.1
+    sleep 0.01
 done
 if [ ! -S "$ctl" ]; then
     cat "$state/pagesrv.log" >&2

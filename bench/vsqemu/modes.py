@@ -239,8 +239,10 @@ class HwmPoller:
 
 
 def wait_swap_slot(timeout, log):
-    """swapcopy needs priority 32767 alone; other sessions' tests on this
-    machine use it too. Wait for it to be free instead of failing."""
+    """swapcopy's device goes one priority above every other device, which
+    a device at 32767 (the highest there is: other sessions' benchmarks on
+    this machine use it) makes impossible. Wait for it to go instead of
+    failing."""
     deadline = time.time() + timeout
     said = False
     while True:

@@ -129,13 +129,14 @@ _blockdev_attach_fuse() {
     LD_PRELOAD=$preload setsid -w nbdfuse -P "$state/nbdfuse.pid" "$mnt" --unix "$sock" \
         </dev/null >"$state/nbdfuse.log" 2>&1 3>&- &
     pid=$!
-    for (( i = 0; i < 100; i++ )); do
+    # Polled often: a destination is prepared while an operator waits.
+    for (( i = 0; i < 1000; i++ )); do
         [ -s "$state/nbdfuse.pid" ] && [ -e "$mnt/nbd" ] && break
         if ! kill -0 "$pid" 2>/dev/null && [ ! -s "$state/nbdfuse.pid" ]; then
             _blockdev_err "nbdfuse $mnt --unix $sock exited: $(cat "$state/nbdfuse.log") (is the NBD server listening on $sock?)"
             return 1
         fi
-        sleep 0.1
+        sleep 0.01
     done
     if [ ! -e "$mnt/nbd" ]; then
         _blockdev_err "nbdfuse did not expose $mnt/nbd within 10 s: $(cat "$state/nbdfuse.log") (does the server on $sock answer? try nbdinfo 'nbd+unix:///?socket=$sock')"
