@@ -10,6 +10,7 @@
  * CRIU restores its parasite's host threads the same way), and the thread
  * is let go with any signal that arrived meanwhile. */
 #include "remote-syscall.h"
+#include "target.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -98,15 +99,9 @@ static bool read_remote(pid_t pid, uint64_t addr, void *buf, size_t len)
  * fallbacks to real system calls). */
 static bool find_vdso_insn(SsRemote *r, GError **error)
 {
-    g_autofree char *path = g_strdup_printf("/proc/%d/maps", (int)r->pid);
-    g_autofree char *maps = NULL;
-    g_autoptr(GError) err = NULL;
-    if (!g_file_get_contents(path, &maps, NULL, &err)) {
-        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "cannot read %s: %s", path,
-                    err->message);
+    g_auto(GStrv) lines = target_maps_lines(r->pid, error);
+    if (!lines)
         return false;
-    }
-    g_auto(GStrv) lines = g_strsplit(maps, "\n", -1);
     for (char **l = lines; *l; l++) {
         unsigned long long lo, hi;
         if (!g_str_has_suffix(*l, "[vdso]") || sscanf(*l, "%llx-%llx", &lo, &hi) != 2 ||

@@ -212,20 +212,27 @@ bool target_pagemap(Target *t, uint64_t addr, size_t pages, uint64_t *out, GErro
     return true;
 }
 
-bool target_check_private_anon(Target *t, uint64_t addr, uint64_t len, GError **error)
+GStrv target_maps_lines(pid_t pid, GError **error)
 {
-    char b[32];
-    g_autofree char *path = t->pid ? g_strdup_printf("/proc/%d/maps", (int)t->pid)
-                                   : g_strdup("/proc/self/maps");
+    g_autofree char *path = pid ? g_strdup_printf("/proc/%d/maps", (int)pid)
+                                : g_strdup("/proc/self/maps");
     g_autofree char *maps = NULL;
     g_autoptr(GError) err = NULL;
     if (!g_file_get_contents(path, &maps, NULL, &err)) {
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "cannot read %s: %s", path,
                     err->message);
-        return false;
+        return NULL;
     }
+    return g_strsplit(maps, "\n", -1);
+}
+
+bool target_check_private_anon(Target *t, uint64_t addr, uint64_t len, GError **error)
+{
+    char b[32];
     uint64_t end = addr + len;
-    g_auto(GStrv) lines = g_strsplit(maps, "\n", -1);
+    g_auto(GStrv) lines = target_maps_lines(t->pid, error);
+    if (!lines)
+        return false;
     for (char **l = lines; *l && **l; l++) {
         unsigned long long lo, hi, off, inode;
         char perms[5], dev[16];

@@ -37,6 +37,8 @@ bool target_mincore(Target *t, uint64_t addr, size_t pages, unsigned char *vec,
                     GError **error);
 /* One /proc/PID/pagemap entry per page. */
 bool target_pagemap(Target *t, uint64_t addr, size_t pages, uint64_t *out, GError **error);
+/* The lines of /proc/PID/maps (pid 0: this process), NULL-terminated. */
+GStrv target_maps_lines(pid_t pid, GError **error);
 /* Check [addr, addr+len) lies in one private, writable, anonymous mapping. */
 bool target_check_private_anon(Target *t, uint64_t addr, uint64_t len, GError **error);
 

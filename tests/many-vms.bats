@@ -25,6 +25,17 @@ teardown() {
     [ "$(machine_state)" = "$BEFORE" ] || { echo "left behind:"; machine_state; false; }
 }
 
+# wait_migrations PID...: every background migration I (its output in
+# migrate$I.out) succeeded; shows the output of those that did not.
+wait_migrations() {
+    local i=0 pid st=0
+    for pid in "$@"; do
+        i=$((i + 1))
+        wait "$pid" || { st=1; echo "---- migration $i failed:"; cat "$BATS_TEST_TMPDIR/migrate$i.out"; }
+    done
+    return "$st"
+}
+
 # stock_pair I: memwalk on a stock source (RAM in /dev/shm) and a stock
 # destination waiting with -incoming defer; files src$I.* and dst$I.*.
 stock_pair() {
@@ -42,7 +53,7 @@ stock_pair() {
 }
 
 @test "four stock-QEMU guests migrated into this host at once: every one completes and goes on passing" {
-    local i pids=() sport mport st
+    local i pids=() sport mport
     for i in $(seq $N); do stock_pair "$i"; done
     for i in $(seq $N); do wait_for_pass "$BATS_TEST_TMPDIR/src$i.serial" 2 120; done
     for i in $(seq $N); do
@@ -57,11 +68,7 @@ stock_pair() {
         ) 3>&- &
         pids+=($!)
     done
-    st=0
-    for i in $(seq $N); do
-        wait "${pids[$((i - 1))]}" || { st=1; echo "---- migration $i failed:"; cat "$BATS_TEST_TMPDIR/migrate$i.out"; }
-    done
-    [ "$st" -eq 0 ]
+    wait_migrations "${pids[@]}"
     # They ran at once: some migrate -> detached intervals overlap (their
     # preparations took turns, on the host's lock).
     python3 - "$BATS_TEST_TMPDIR"/summary*.json <<'PY'
@@ -86,7 +93,7 @@ PY
 }
 
 @test "four patched-QEMU guests migrated into this host at once: every one completes and goes on passing" {
-    local i state=$BATS_TEST_TMPDIR/run sport mport pids=() st
+    local i state=$BATS_TEST_TMPDIR/run sport mport pids=()
     qp_binary
     for i in $(seq $N); do
         free_port_pair sport mport
@@ -112,11 +119,7 @@ PY
             qp_migrate >"$BATS_TEST_TMPDIR/migrate$i.out" 2>&1 &
         pids+=($!)
     done
-    st=0
-    for i in $(seq $N); do
-        wait "${pids[$((i - 1))]}" || { st=1; echo "---- migration $i failed:"; cat "$BATS_TEST_TMPDIR/migrate$i.out"; }
-    done
-    [ "$st" -eq 0 ]
+    wait_migrations "${pids[@]}"
     for i in $(seq $N); do
         last=$(GUEST_LOG=$BATS_TEST_TMPDIR/src$i.log guest_last_pass)
         pid=DPID_$i

@@ -164,15 +164,7 @@ teardown() {
     [ "$status" -eq 0 ]
     [ "$(qp_status "$DST_QMP")" = running ]
     # Two more full checksums of the 48 MiB on the destination, no LERROR.
-    n=$(grep -c ' LPASS ' "$DST_LOG" || true)
-    for _ in $(seq 1800); do
-        grep -q ' LERROR' "$SRC_LOG" "$DST_LOG" && break
-        [ "$(grep -c ' LPASS ' "$DST_LOG" || true)" -ge $(( n + 2 )) ] && break
-        sleep 0.1
-    done
-    run grep ' LERROR' "$SRC_LOG" "$DST_LOG"
-    [ "$status" -eq 1 ]                # no LERROR line anywhere
-    [ "$(grep -c ' LPASS ' "$DST_LOG" || true)" -ge $(( n + 2 )) ]
+    qp_wait_lpass_twice
 }
 
 # qp_wait_prepared: the destination's query-migrate says 'prepared'; prints it.

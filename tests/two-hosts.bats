@@ -143,15 +143,7 @@ two_host_patched() {
     run qp_migrate
     echo "$output"
     [ "$status" -eq 0 ]
-    n=$(grep -c ' LPASS ' "$DST_LOG" || true)
-    for _ in $(seq 1800); do
-        grep -q ' LERROR' "$SRC_LOG" "$DST_LOG" && break
-        [ "$(grep -c ' LPASS ' "$DST_LOG" || true)" -ge $(( n + 2 )) ] && break
-        sleep 0.1
-    done
-    run grep ' LERROR' "$SRC_LOG" "$DST_LOG"
-    [ "$status" -eq 1 ]
-    [ "$(grep -c ' LPASS ' "$DST_LOG" || true)" -ge $(( n + 2 )) ]
+    qp_wait_lpass_twice
     rx=$(ns_rx_bytes "$NS_DST" "$VETH_DST")
     echo "$VETH_DST received $rx bytes"
     [ "$rx" -ge $(( 48 << 20 )) ]

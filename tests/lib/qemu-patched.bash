@@ -138,6 +138,22 @@ sys.exit(0 if ok else 1)
 PY
 }
 
+# qp_wait_lpass_twice: the Linux guest (tests/vm/linux-guest.sh) checksums
+# its memory twice more on the destination, with no LERROR on either side.
+qp_wait_lpass_twice() {
+    local n
+    n=$(grep -c ' LPASS ' "$DST_LOG" || true)
+    for _ in $(seq 1800); do
+        grep -q ' LERROR' "$SRC_LOG" "$DST_LOG" && break
+        [ "$(grep -c ' LPASS ' "$DST_LOG" || true)" -ge $(( n + 2 )) ] && break
+        sleep 0.1
+    done
+    if grep ' LERROR' "$SRC_LOG" "$DST_LOG"; then
+        return 1
+    fi
+    [ "$(grep -c ' LPASS ' "$DST_LOG" || true)" -ge $(( n + 2 )) ]
+}
+
 # qp_status QMP_SOCKET: the run state (running, paused, postmigrate...).
 qp_status() {
     qp_qmp "$1" query-status | json_get "$(cat)" status

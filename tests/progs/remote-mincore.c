@@ -2,6 +2,7 @@
  * system call, as a stock QEMU waits for -incoming.
  *
  *   remote-mincore [--rounds N] [--wait ppoll|nanosleep|busy]
+ *   remote-mincore --pid PID
  *
  * The child maps 64 MiB, writes every third page and waits (in ppoll on a
  * pipe, in nanosleep loops, or spinning in user space). The parent reads
@@ -9,7 +10,8 @@
  * are resident, then tells the child to check its memory and how its wait
  * went: ppoll must not have returned early with an error, and every page
  * must still hold what was written. Prints "OK rounds=N" and exits 0, or
- * says what was wrong and exits 1. */
+ * says what was wrong and exits 1. With --pid, asks about one page of
+ * that process's stack instead: prints "OK" or the error, exits 0 or 1. */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -24,6 +26,7 @@
 #include <glib.h>
 
 #include "remote-syscall.h"
+#include "target.h"
 
 #define PAGES 16384u
 
@@ -76,11 +79,33 @@ static int child(unsigned char *m, int rd, int wr, const char *how)
     return bad_returns ? 12 : 0;
 }
 
+/* One page of another process's stack. */
+static int ask_other(pid_t pid)
+{
+    g_autoptr(GError) error = NULL;
+    g_auto(GStrv) lines = target_maps_lines(pid, &error);
+    unsigned long long lo = 0;
+    for (char **l = lines; l && *l; l++)
+        if (g_str_has_suffix(*l, "[stack]"))
+            sscanf(*l, "%llx", &lo);
+    unsigned char vec[1];
+    if (!lo && !error)
+        g_set_error(&error, G_FILE_ERROR, G_FILE_ERROR_NOENT, "process %d has no [stack]",
+                    (int)pid);
+    if (error || !ss_remote_mincore(pid, lo, 1, vec, &error)) {
+        fprintf(stderr, "remote-mincore: %s\n", error->message);
+        return 1;
+    }
+    printf("OK\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    gint rounds = 100;
+    gint rounds = 100, other = 0;
     gchar *how = NULL;
     GOptionEntry entries[] = {
+        { "pid", 0, 0, G_OPTION_ARG_INT, &other, "ask about another process", "PID" },
         { "rounds", 0, 0, G_OPTION_ARG_INT, &rounds, "mincore calls", "N" },
         { "wait", 0, 0, G_OPTION_ARG_STRING, &how, "ppoll, nanosleep or busy", "HOW" },
         { NULL, 0, 0, 0, NULL, NULL, NULL },
@@ -92,6 +117,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "remote-mincore: %s\n", error->message);
         return 2;
     }
+    if (other)
+        return ask_other((pid_t)other);
     if (!how)
         how = g_strdup("ppoll");
     unsigned char *m = mmap(NULL, (size_t)PAGES * 4096, PROT_READ | PROT_WRITE,
