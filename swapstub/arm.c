@@ -9,7 +9,7 @@
 #include "swapstub-internal.h"
 #include "swapstub-marker.h"
 
-#define BATCH_PAGES 256                /* 1 MiB of markers per write */
+#define BATCH_PAGES 1024               /* pages per marker write or read-back (UIO_MAXIOV) */
 #define MARKER_WAIT_US (30 * G_USEC_PER_SEC)
 
 SwapStub *swapstub_new(const SwapStubConfig *cfg, GError **error)
@@ -81,15 +81,40 @@ static Span whole(const SwapStub *s)
     return (Span){ 0, s->pages };
 }
 
+/* A marker is its 32-byte header, then zeros. A page the process has
+ * never touched (pagemap: neither present nor swapped) reads as zeros, so
+ * its header is all there is to write: 32 bytes instead of 4096 (for
+ * another process, one process_vm_writev iovec per page). A touched page
+ * gets the whole marker. */
+#define MARKER_HEAD (4 * sizeof(uint64_t))
+
 static bool write_markers(SwapStub *s, uint64_t cookie, Span sp, GError **error)
 {
-    g_autofree unsigned char *buf = g_malloc((size_t)BATCH_PAGES * SS_PAGE);
+    g_autofree uint64_t *pm = g_new(uint64_t, BATCH_PAGES);
+    g_autofree unsigned char *page = g_malloc(SS_PAGE);
+    g_autofree unsigned char *heads = g_malloc((size_t)BATCH_PAGES * MARKER_HEAD);
     for (uint64_t i = sp.first; i < sp.first + sp.n; i += BATCH_PAGES) {
         uint64_t n = MIN((uint64_t)BATCH_PAGES, sp.first + sp.n - i);
-        for (uint64_t j = 0; j < n; j++)
-            swapstub_marker_fill(buf + j * SS_PAGE, cookie, i + j, SWAPSTUB_ORIGIN_WRITTEN);
-        if (!target_write(&s->t, page_addr(s, i), buf, n * SS_PAGE, error))
+        if (!target_pagemap(&s->t, page_addr(s, i), n, pm, error))
             return false;
+        for (uint64_t j = 0; j < n;) {
+            uint64_t k = j;
+            while (k < n && !(pm[k] & (PM_PRESENT | PM_SWAPPED))) {
+                swapstub_marker_fill(page, cookie, i + k, SWAPSTUB_ORIGIN_WRITTEN);
+                memcpy(heads + (k - j) * MARKER_HEAD, page, MARKER_HEAD);
+                k++;
+            }
+            if (k > j && !target_write_heads(&s->t, page_addr(s, i + j), k - j, MARKER_HEAD,
+                                             heads, error))
+                return false;
+            if (k < n) {           /* touched: the whole page */
+                swapstub_marker_fill(page, cookie, i + k, SWAPSTUB_ORIGIN_WRITTEN);
+                if (!target_write(&s->t, page_addr(s, i + k), page, SS_PAGE, error))
+                    return false;
+                k++;
+            }
+            j = k;
+        }
     }
     return true;
 }
@@ -232,7 +257,8 @@ static bool collect_slots(SwapStub *s, Span sp, GError **error)
 
 /* mincore sees the swap cache (our own directly, another process's by
  * running the call inside it): only the cached pages are faulted in, from
- * the cache (no device reads), and paged out again, which drops them.
+ * the cache (no device reads; MADV_POPULATE_READ, run inside another
+ * process too), and paged out again, which drops them.
  * Returns how many pages were still cached; -1 on error, -2 if another
  * process's mincore cannot be had (then *error says why). */
 static int64_t evict_by_mincore(SwapStub *s, Span sp, GError **error)
@@ -241,7 +267,6 @@ static int64_t evict_by_mincore(SwapStub *s, Span sp, GError **error)
     if (!target_mincore(&s->t, page_addr(s, sp.first), sp.n, vec, error))
         return target_is_self(&s->t) ? -1 : -2;
     int64_t cached = 0;
-    enum { HEAD = 4 * sizeof(uint64_t) };
     for (uint64_t i = 0; i < sp.n;) {
         if (!(vec[i] & 1)) {
             i++;
@@ -253,17 +278,8 @@ static int64_t evict_by_mincore(SwapStub *s, Span sp, GError **error)
         cached += (int64_t)(j - i);
         size_t len = (j - i) * SS_PAGE;
         uint64_t at = page_addr(s, sp.first + i);
-        if (target_is_self(&s->t)) {
-            if (!target_madvise(&s->t, at, len, MADV_POPULATE_READ, error))
-                return -1;
-        } else {
-            /* process_madvise has no MADV_POPULATE_READ: a read of each
-             * page's first bytes faults it in the same way. */
-            g_autofree uint64_t *head = g_malloc((j - i) * HEAD);
-            if (!target_read_heads(&s->t, at, j - i, HEAD, head, error))
-                return -1;
-        }
-        if (!target_madvise(&s->t, at, len, MADV_PAGEOUT, error))
+        if (!target_madvise(&s->t, at, len, MADV_POPULATE_READ, error) ||
+            !target_madvise(&s->t, at, len, MADV_PAGEOUT, error))
             return -1;
         i = j;
     }

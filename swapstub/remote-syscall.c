@@ -283,6 +283,18 @@ static bool remote_call(SsRemote *r, long nr, const char *name, const uint64_t a
     return true;
 }
 
+bool ss_remote_madvise(pid_t pid, uint64_t addr, uint64_t len, int advice, GError **error)
+{
+    SsRemote *r = ss_remote_attach(pid, error);
+    if (!r)
+        return false;
+    int64_t rc;
+    bool ok = remote_call(r, SYS_madvise, "madvise", (uint64_t[6]){ addr, len, (uint64_t)advice },
+                          &rc, error);
+    ss_remote_detach(r);
+    return ok;
+}
+
 bool ss_remote_mincore(pid_t pid, uint64_t addr, size_t pages, unsigned char *vec,
                        GError **error)
 {

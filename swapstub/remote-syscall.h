@@ -36,4 +36,9 @@ void ss_remote_detach(SsRemote *r);
 bool ss_remote_mincore(pid_t pid, uint64_t addr, size_t pages, unsigned char *vec,
                        GError **error);
 
+/* madvise(addr, len, advice) run in process pid: for the advice
+ * process_madvise() does not take (MADV_POPULATE_READ: map pages in, from
+ * the swap cache where they are there). */
+bool ss_remote_madvise(pid_t pid, uint64_t addr, uint64_t len, int advice, GError **error);
+
 #endif

@@ -107,33 +107,54 @@ bool target_read(Target *t, uint64_t addr, void *buf, size_t len, GError **error
     return remote_rw(t, false, addr, buf, len, error);
 }
 
-bool target_read_heads(Target *t, uint64_t addr, size_t n, size_t head_len, void *heads,
-                       GError **error)
+static bool heads_rw(Target *t, bool write, uint64_t addr, size_t n, size_t head_len,
+                     void *heads, GError **error)
 {
+    if (target_is_self(t)) {
+        for (size_t i = 0; i < n; i++) {
+            void *page = (void *)(uintptr_t)(addr + i * PAGE);
+            void *head = (char *)heads + i * head_len;
+            memcpy(write ? page : head, write ? head : page, head_len);
+        }
+        return true;
+    }
     enum { IOVS = 1024 };        /* UIO_MAXIOV */
     struct iovec remote[IOVS];
-    g_assert(!target_is_self(t));
     for (size_t i = 0; i < n;) {
         size_t k = MIN((size_t)IOVS, n - i);
         for (size_t j = 0; j < k; j++)
-            remote[j] = (struct iovec){ (void *)(uintptr_t)(addr + (i + j) * 4096), head_len };
+            remote[j] = (struct iovec){ (void *)(uintptr_t)(addr + (i + j) * PAGE), head_len };
         struct iovec local = { (char *)heads + i * head_len, k * head_len };
-        ssize_t got = process_vm_readv(t->pid, &local, 1, remote, k, 0);
+        ssize_t got = write ? process_vm_writev(t->pid, &local, 1, remote, k, 0)
+                            : process_vm_readv(t->pid, &local, 1, remote, k, 0);
         if (got < 0 && errno == EINTR)
             continue;
         if (got != (ssize_t)(k * head_len)) {
-            /* A short read stops at the first page it could not fault in. */
+            /* A short transfer stops at the first page it could not fault in. */
             int err = got < 0 ? errno : EFAULT;
             size_t at = i + (got > 0 ? (size_t)got / head_len : 0);
             g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err),
-                        "process_vm_readv of page 0x%" G_GINT64_MODIFIER "x of process %d "
+                        "process_vm_%sv of page 0x%" G_GINT64_MODIFIER "x of process %d "
                         "failed: %s (a read of a page the source could not deliver ends like "
-                        "this too)", addr + at * 4096, (int)t->pid, g_strerror(err));
+                        "this too)", write ? "write" : "read", addr + at * PAGE, (int)t->pid,
+                        g_strerror(err));
             return false;
         }
         i += k;
     }
     return true;
+}
+
+bool target_read_heads(Target *t, uint64_t addr, size_t n, size_t head_len, void *heads,
+                       GError **error)
+{
+    return heads_rw(t, false, addr, n, head_len, heads, error);
+}
+
+bool target_write_heads(Target *t, uint64_t addr, size_t n, size_t head_len,
+                        const void *heads, GError **error)
+{
+    return heads_rw(t, true, addr, n, head_len, (void *)heads, error);
 }
 
 static const char *advice_name(int advice)
@@ -159,8 +180,10 @@ bool target_madvise(Target *t, uint64_t addr, size_t len, int advice, GError **e
                     advice_name(advice), len, addr, who(t, b, sizeof b), g_strerror(errno));
         return false;
     }
-    /* process_madvise takes only these among the advice we use. */
-    g_assert(advice == MADV_PAGEOUT || advice == MADV_WILLNEED);
+    /* process_madvise takes only these among the advice we use; the
+     * others are run inside the process (remote-syscall.h). */
+    if (advice != MADV_PAGEOUT && advice != MADV_WILLNEED)
+        return ss_remote_madvise(t->pid, addr, len, advice, error);
     size_t done = 0;
     while (done < len) {
         struct iovec iov = { (void *)(uintptr_t)(addr + done), len - done };

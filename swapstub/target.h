@@ -22,12 +22,16 @@ bool target_write(Target *t, uint64_t addr, const void *buf, size_t len, GError 
 bool target_read(Target *t, uint64_t addr, void *buf, size_t len, GError **error);
 /* The first head_len bytes of each of n pages from addr into heads
  * (n * head_len bytes): every page is faulted in, as by a whole read, for
- * a fraction of the copying. Another process only (process_vm_readv with
- * one remote iovec per page). */
+ * a fraction of the copying (process_vm_readv with one remote iovec per
+ * page). */
 bool target_read_heads(Target *t, uint64_t addr, size_t n, size_t head_len, void *heads,
                        GError **error);
-/* MADV_PAGEOUT and MADV_WILLNEED on any target; other advice only on
- * ourselves. */
+/* The other way: heads[i] into the first head_len bytes of page i. */
+bool target_write_heads(Target *t, uint64_t addr, size_t n, size_t head_len,
+                        const void *heads, GError **error);
+/* madvise on any target: another process's by process_madvise
+ * (MADV_PAGEOUT, MADV_WILLNEED), other advice by running madvise inside it
+ * (remote-syscall.h; it stops one of its threads meanwhile). */
 bool target_madvise(Target *t, uint64_t addr, size_t len, int advice, GError **error);
 /* mincore() of the pages at addr: bit 0 of vec[i] set if page i is in
  * memory or in the swap cache. Another process's is read by running the
