@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dest-internal.h"
+#include "seconds-arg.h"
 #include "source-conn.h"
 
 #define COMPLETION_CHECK_MS 100
@@ -421,11 +422,24 @@ static void cmd_markers(ControlClient *cl, int argc, char **argv, gpointer data)
     control_reply(cl, "{\"ok\":true}");
 }
 
+/* The bandwidth cap in bytes per second: a finite MiB/s (0 = unlimited)
+ * whose byte count fits 64 bits. */
+static bool parse_bandwidth(const char *text, uint64_t *bps)
+{
+    char *end = NULL;
+    if (!g_ascii_isdigit(*text) && *text != '.')
+        return false;   /* no "nan", "inf", signs */
+    double v = g_ascii_strtod(text, &end);
+    if (!end || *end || !(v >= 0) || v > (double)(UINT64_MAX >> 21))
+        return false;
+    *bps = (uint64_t)(v * 1048576.0);
+    return true;
+}
+
 static void cmd_policy(ControlClient *cl, int argc, char **argv, gpointer data)
 {
     Dest *d = data;
-    double v;
-    char *end = NULL;
+    uint64_t bps;
     if (argc == 3 && strcmp(argv[1], "background") == 0 &&
         (strcmp(argv[2], "on") == 0 || strcmp(argv[2], "off") == 0)) {
         __atomic_store_n(&d->background, strcmp(argv[2], "on") == 0, __ATOMIC_RELAXED);
@@ -436,12 +450,22 @@ static void cmd_policy(ControlClient *cl, int argc, char **argv, gpointer data)
         page_store_set_landing(d->ps, strcmp(argv[2], "on") == 0);
         for (guint i = 0; i < d->pullers->len; i++)
             puller_wake_stream(g_ptr_array_index(d->pullers, i));
-    } else if (argc == 3 && strcmp(argv[1], "bandwidth") == 0 &&
-               (v = g_ascii_strtod(argv[2], &end)) >= 0 && end && *end == 0) {
-        __atomic_store_n(&d->bandwidth_bps, (uint64_t)(v * 1048576.0), __ATOMIC_RELAXED);
-    } else if (argc == 3 && strcmp(argv[1], "fault-timeout") == 0 &&
-               (v = g_ascii_strtod(argv[2], &end)) > 0 && end && *end == 0) {
-        __atomic_store_n(&d->fault_timeout_us, (int64_t)(v * 1e6), __ATOMIC_RELAXED);
+    } else if (argc == 3 && strcmp(argv[1], "bandwidth") == 0) {
+        if (!parse_bandwidth(argv[2], &bps)) {
+            control_reply_error(cl, "policy bandwidth: '%s' is not a rate in MiB/s (a number "
+                                "from 0 = unlimited up to %" G_GUINT64_FORMAT ")", argv[2],
+                                UINT64_MAX >> 21);
+            return;
+        }
+        __atomic_store_n(&d->bandwidth_bps, bps, __ATOMIC_RELAXED);
+    } else if (argc == 3 && strcmp(argv[1], "fault-timeout") == 0) {
+        int64_t us;
+        g_autoptr(GError) error = NULL;
+        if (!parse_seconds("policy fault-timeout", argv[2], &us, &error)) {
+            control_reply_error(cl, "%s", error->message);
+            return;
+        }
+        __atomic_store_n(&d->fault_timeout_us, us, __ATOMIC_RELAXED);
     } else {
         control_reply_error(cl, "usage: policy background on|off | policy land on|off | "
                                 "policy bandwidth MIB_PER_S (0 = unlimited) | "
@@ -490,7 +514,7 @@ void dest_register_commands(Dest *d, ControlServer *cs)
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
-Dest *dest_new(PageStore *ps, const char *src, bool src_later, double fault_timeout_s,
+Dest *dest_new(PageStore *ps, const char *src, bool src_later, int64_t fault_timeout_us,
                GError **error)
 {
     Dest *d = g_new0(Dest, 1);
@@ -498,7 +522,7 @@ Dest *dest_new(PageStore *ps, const char *src, bool src_later, double fault_time
     d->pullers = g_ptr_array_new_full(DEST_MAX_EXPORTS, (GDestroyNotify)puller_free);
     d->demand = demand_table_new(DEST_PARKED_MAX);
     d->background = true;
-    d->fault_timeout_us = (int64_t)(fault_timeout_s * 1e6);
+    d->fault_timeout_us = fault_timeout_us;
     if (!source_split_address(src, &d->host, &d->port, error)) {
         dest_free(d);
         return NULL;

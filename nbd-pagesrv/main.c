@@ -7,6 +7,7 @@
  * until SIGINT/SIGTERM; the protocol lives in handshake.c/transmission.c. */
 #include <errno.h>
 #include <glib-unix.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -16,8 +17,10 @@
 #include "daemon-safety.h"
 #include "dest.h"
 #include "file-export.h"
+#include "limits.h"
 #include "listener.h"
 #include "page-store-export.h"
+#include "seconds-arg.h"
 #include "server.h"
 #include "size-arg.h"
 
@@ -34,7 +37,10 @@ typedef struct {
     char **export_specs;
     char *src;
     gboolean src_later;
-    double fault_timeout_s;
+    char *fault_timeout_arg;
+    int64_t fault_timeout_us;
+    gint max_connections;
+    char *handshake_timeout_arg;
     gboolean exit_when_idle;
     gboolean no_mlock;
     gboolean verbose;
@@ -140,7 +146,7 @@ static bool add_swap_device(App *app, GError **error)
     export_set_add(&app->server.exports,
                    page_store_export_new(app->name ? app->name : "swap", ps, size));
     if (app->src) {
-        app->dest = dest_new(ps, app->src, app->src_later, app->fault_timeout_s, error);
+        app->dest = dest_new(ps, app->src, app->src_later, app->fault_timeout_us, error);
         if (!app->dest)
             return false;
     }
@@ -239,9 +245,14 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
           "Destination role: pull mapped pages from the source at HOST:PORT", "HOST:PORT" },
         { "src-later", 0, 0, G_OPTION_ARG_NONE, &app->src_later,
           "With --src: the source may start later; list its exports at the first map", NULL },
-        { "fault-timeout", 0, 0, G_OPTION_ARG_DOUBLE, &app->fault_timeout_s,
+        { "fault-timeout", 0, 0, G_OPTION_ARG_STRING, &app->fault_timeout_arg,
           "Seconds a read waits for a missing page before EIO, and an NBD handshake with "
           "the source may take (default: 60)", "SECS" },
+        { "max-connections", 0, 0, G_OPTION_ARG_INT, &app->max_connections,
+          "NBD connections served at once; more are closed at accept (default: 128)", "N" },
+        { "handshake-timeout", 0, 0, G_OPTION_ARG_STRING, &app->handshake_timeout_arg,
+          "Seconds a client may take from connecting to entering transmission, TLS "
+          "included (default: 30)", "SECS" },
         { "exit-when-idle", 0, 0, G_OPTION_ARG_NONE, &app->exit_when_idle,
           "Source role: exit once the destination has said it has every page and every client has gone", NULL },
         { "control", 0, 0, G_OPTION_ARG_FILENAME, &app->control_path,
@@ -292,13 +303,24 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
                     "--src-later goes with --src HOST:PORT (the source that comes up later)");
         return false;
     }
-    if (app->fault_timeout_s < 0) {
+    app->fault_timeout_us = 60 * G_USEC_PER_SEC;
+    if (app->fault_timeout_arg &&
+        !parse_seconds("--fault-timeout", app->fault_timeout_arg, &app->fault_timeout_us, error))
+        return false;
+    if (app->handshake_timeout_arg) {
+        int64_t us;
+        if (!parse_seconds("--handshake-timeout", app->handshake_timeout_arg, &us, error))
+            return false;
+        /* Whole seconds, at least one: the deadline is kept in seconds. */
+        app->server.handshake_timeout_s = (int)MAX(1, (us + G_USEC_PER_SEC - 1) / G_USEC_PER_SEC);
+    }
+    if (app->max_connections < 0 || app->max_connections > 65536) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
-                    "--fault-timeout must be positive");
+                    "--max-connections %d: give a number from 1 to 65536", app->max_connections);
         return false;
     }
-    if (app->fault_timeout_s == 0)
-        app->fault_timeout_s = 60;
+    if (app->max_connections > 0)
+        app->server.max_connections = (unsigned)app->max_connections;
     if (!app->sockets && !app->listens) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
                     "no address to serve on: give --socket PATH and/or --listen HOST:PORT");
@@ -332,6 +354,8 @@ static void app_free(App *app)
     g_free(app->control_path);
     g_strfreev(app->export_specs);
     g_free(app->src);
+    g_free(app->fault_timeout_arg);
+    g_free(app->handshake_timeout_arg);
 }
 
 int main(int argc, char **argv)
@@ -341,6 +365,10 @@ int main(int argc, char **argv)
     g_set_prgname("nbd-pagesrv");
     /* A client that vanishes must cost us an EPIPE, not the process. */
     signal(SIGPIPE, SIG_IGN);
+    /* Request buffers (up to 32 MiB, sized by peers) come from mmap and go
+     * back to the system when freed: glibc otherwise raises this threshold
+     * after the first large free and keeps later ones in its heap. */
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 
     server_init(&app.server);
     app.listeners = g_ptr_array_new_with_free_func((GDestroyNotify)listener_free);

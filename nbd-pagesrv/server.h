@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 
+#include "byte-budget.h"
 #include "export.h"
 #include "server-stats.h"
 #include "wire.h"
@@ -19,7 +20,7 @@ typedef struct Connection {
     int fd;
     char *peer;                   /* for log messages */
     pthread_t thread;
-    WireReader rd;
+    Wire wire;
 
     /* Negotiated in the handshake. */
     Export *export;
@@ -30,14 +31,17 @@ typedef struct Connection {
     /* Replies are written by the reader thread and by worker threads
      * (reads that wait for the source); one reply at a time. */
     GMutex send_lock;
-    bool send_failed;
+    bool send_failed;             /* atomic: set under send_lock, read anywhere */
 
     /* Requests handed to workers and not yet answered. */
     GMutex pending_lock;
     GCond pending_cond;
     unsigned pending;
+    ByteBudget inflight;          /* their buffers (LIMIT_CONN_INFLIGHT) */
 
-    unsigned char *buf;           /* reader thread's payload buffer */
+    /* The reader thread's buffer for inline reads and write payloads,
+     * taken in pieces: never larger than LIMIT_CONN_BUFFER. */
+    unsigned char *buf;
     size_t buf_size;
 } Connection;
 
@@ -50,6 +54,12 @@ struct Server {
     GPtrArray *conns;             /* of Connection*, live ones */
     GCond conns_cond;
     bool stopping;
+
+    /* Limits (limits.h); set before the first connection. */
+    unsigned max_connections;
+    int handshake_timeout_s;
+    ByteBudget inflight;          /* worker read buffers, all connections */
+    uint64_t refused_logged;      /* under lock: refusals logged so far */
 
     /* A destination sent the completion message (atomic). */
     bool destination_done;
