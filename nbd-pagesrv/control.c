@@ -186,6 +186,19 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
             g_warning("control: accept on %s failed: %s", cs->path, g_strerror(errno));
         return G_SOURCE_CONTINUE;
     }
+    /* The socket is 0600 already; the control commands steer the swap
+     * device (map, land, release), so check the peer itself too. */
+    char who[96];
+    if (!unix_peer_trusted(cfd, who, sizeof who)) {
+        g_warning("control: refusing a connection on %s from %s: only root and the daemon's "
+                  "own user may control it", cs->path, who);
+        static const char refusal[] = "{\"error\":\"permission denied: only root and the "
+                                      "daemon's own user may use this control socket\"}\n";
+        if (send(cfd, refusal, sizeof refusal - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+            g_debug("control: the refused peer is gone: %s", g_strerror(errno));
+        close(cfd);
+        return G_SOURCE_CONTINUE;
+    }
     ControlClient *cl = g_new0(ControlClient, 1);
     cl->cs = cs;
     cl->fd = cfd;

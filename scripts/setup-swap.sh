@@ -110,6 +110,7 @@ if [ -z "$size" ]; then
 fi
 
 mkdir -p "$state"
+chmod 0700 "$state"   # it holds the NBD and control sockets: root only
 cleanup_on_error() {
     echo "setup-swap: failed; undoing what was set up" >&2
     "$here/teardown-swap.sh" --name "$name" --state-dir "$state_root" >&2 || true
