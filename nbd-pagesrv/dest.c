@@ -62,7 +62,7 @@ static void dest_prefetch(void *opaque, const RemotePage *pages, size_t n, bool 
 
 static bool list_source_exports(Dest *d, GError **error)
 {
-    if (!(d->source_sizes = source_list_exports(d->host, d->port, dest_handshake_timeout_ms(d), error)))
+    if (!(d->source_sizes = source_list_exports(d->host, d->port, d->tls, dest_handshake_timeout_ms(d), error)))
         return false;
     GHashTableIter it;
     gpointer k, v;
@@ -192,7 +192,7 @@ static gpointer tell_source_main(gpointer data)
     bool warned = false;
     while (!__atomic_load_n(&d->stopping, __ATOMIC_RELAXED)) {
         g_autoptr(GError) err = NULL;
-        int r = source_tell_done(d->host, d->port, TELL_ATTEMPT_MS, &err);
+        int r = source_tell_done(d->host, d->port, d->tls, TELL_ATTEMPT_MS, &err);
         if (r == 1) {
             __atomic_store_n(&d->source_told, true, __ATOMIC_RELEASE);
             g_message("told the source %s:%s that it is no longer needed", d->host, d->port);
@@ -514,11 +514,12 @@ void dest_register_commands(Dest *d, ControlServer *cs)
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
-Dest *dest_new(PageStore *ps, const char *src, bool src_later, int64_t fault_timeout_us,
-               GError **error)
+Dest *dest_new(PageStore *ps, const char *src, const TlsConfig *tls, bool src_later,
+               int64_t fault_timeout_us, GError **error)
 {
     Dest *d = g_new0(Dest, 1);
     d->ps = ps;
+    d->tls = tls;
     d->pullers = g_ptr_array_new_full(DEST_MAX_EXPORTS, (GDestroyNotify)puller_free);
     d->demand = demand_table_new(DEST_PARKED_MAX);
     d->background = true;

@@ -238,9 +238,57 @@ static OptResult opt_meta_context(Connection *c, uint32_t opt, const unsigned ch
     return send_reply(c, opt, NBD_REP_ACK, NULL, 0) ? OPT_CONTINUE : OPT_CLOSE;
 }
 
+/* NBD_OPT_STARTTLS: ACK, then the TLS handshake on the same socket; the
+ * negotiation goes on inside TLS, forgetting what was agreed outside it
+ * (proto.md: a client must not rely on it, and an attacker on the path
+ * could have chosen it). */
+static OptResult opt_starttls(Connection *c, uint32_t len)
+{
+    Server *s = c->server;
+    if (!s->tls)
+        return send_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_UNSUP, "TLS is not enabled on this "
+                          "server (nbd-pagesrv --tls-psk FILE or --tls-certificates DIR)")
+                   ? OPT_CONTINUE : OPT_CLOSE;
+    if (len != 0)
+        return send_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no "
+                          "payload, got %u bytes", len)
+                   ? OPT_CONTINUE : OPT_CLOSE;
+    if (c->tls_active)
+        return send_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, "TLS is already on")
+                   ? OPT_CONTINUE : OPT_CLOSE;
+    if (!send_reply(c, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0))
+        return OPT_CLOSE;
+    g_autoptr(GError) error = NULL;
+    if (!tls_server_start(s->tls, &c->wire, &error)) {
+        g_message("%s: %s; closing", c->peer, error->message);
+        return OPT_CLOSE;
+    }
+    c->tls_active = true;
+    c->structured = false;
+    c->meta_base_allocation = false;
+    g_autofree char *how = tls_session_describe(&c->wire);
+    g_debug("%s: TLS is on (%s)", c->peer, how);
+    return OPT_CONTINUE;
+}
+
 static OptResult handle_option(Connection *c, uint32_t opt, unsigned char *data, uint32_t len)
 {
+    /* --tls require: on TCP, a client learns nothing (not even the export
+     * list) and reaches nothing before TLS is up. */
+    if (c->server->tls_mode == TLS_REQUIRE && !c->local && !c->tls_active &&
+        opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT) {
+        if (opt == NBD_OPT_EXPORT_NAME) {
+            g_message("%s: NBD_OPT_EXPORT_NAME without TLS, which this server requires; "
+                      "closing", c->peer);
+            return OPT_CLOSE;
+        }
+        return send_error(c, opt, NBD_REP_ERR_TLS_REQD, "this server requires TLS: connect "
+                          "with nbds:// (tls-psk-file= or tls-certificates=) or --tls-psk")
+                   ? OPT_CONTINUE : OPT_CLOSE;
+    }
     switch (opt) {
+    case NBD_OPT_STARTTLS:
+        return opt_starttls(c, len);
     case NBD_OPT_EXPORT_NAME:
         return opt_export_name(c, (const char *)data, len);
     case NBD_OPT_ABORT:

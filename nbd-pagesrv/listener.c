@@ -207,7 +207,7 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
                       "go unnoticed for minutes", h, p, g_strerror(errno));
         g_snprintf(peer, sizeof peer, "%s:%s", h, p);
     }
-    server_add_connection(l->server, cfd, peer);
+    server_add_connection(l->server, cfd, peer, l->is_unix);
     return G_SOURCE_CONTINUE;
 }
 

@@ -6,8 +6,11 @@
  * This file parses options, builds the exports, and runs the GLib main loop
  * until SIGINT/SIGTERM; the protocol lives in handshake.c/transmission.c. */
 #include <errno.h>
+#include <arpa/inet.h>
 #include <glib-unix.h>
 #include <malloc.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -23,6 +26,7 @@
 #include "seconds-arg.h"
 #include "server.h"
 #include "size-arg.h"
+#include "tls-config.h"
 
 typedef struct {
     /* Options. */
@@ -41,12 +45,14 @@ typedef struct {
     int64_t fault_timeout_us;
     gint max_connections;
     char *handshake_timeout_arg;
+    char *tls_arg, *tls_psk, *tls_certificates, *tls_username;
     gboolean exit_when_idle;
     gboolean no_mlock;
     gboolean verbose;
     gint stats_interval;
 
     /* Running state. */
+    TlsConfig tls;                 /* the source link's TLS, both roles */
     Server server;
     GPtrArray *listeners;          /* of Listener* */
     ControlServer *control;
@@ -146,7 +152,7 @@ static bool add_swap_device(App *app, GError **error)
     export_set_add(&app->server.exports,
                    page_store_export_new(app->name ? app->name : "swap", ps, size));
     if (app->src) {
-        app->dest = dest_new(ps, app->src, app->src_later, app->fault_timeout_us, error);
+        app->dest = dest_new(ps, app->src, &app->tls, app->src_later, app->fault_timeout_us, error);
         if (!app->dest)
             return false;
     }
@@ -193,6 +199,23 @@ static gboolean check_idle(gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
+/* True if the listening socket fd is bound to a loopback address only. */
+static bool bound_to_loopback(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return false;
+    if (ss.ss_family == AF_INET)
+        return (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
+    if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) ||
+               (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
+}
+
 static bool start_listening(App *app, GError **error)
 {
     for (char **p = app->sockets; p && *p; p++) {
@@ -207,7 +230,17 @@ static bool start_listening(App *app, GError **error)
         if (fd < 0)
             return false;
         g_ptr_array_add(app->listeners, listener_new(&app->server, fd, *p, FALSE));
-        g_message("serving NBD on TCP %s", *p);
+        g_message("serving NBD on TCP %s (TLS %s%s)", *p, tls_mode_name(app->tls.mode),
+                  app->tls.psk_file ? ", pre-shared key" : app->tls.cert_dir ? ", X.509" : "");
+        /* Warned about, not refused: a dedicated migration link or VPN is
+         * a legitimate place for plaintext, and a patched QEMU listens on
+         * 0.0.0.0 by default (docs/security.md). */
+        if (app->tls.mode != TLS_REQUIRE && !bound_to_loopback(fd))
+            g_warning("!!! %s is reachable from other hosts and TLS is %s: anyone who can reach "
+                      "it can %s, and anyone on the path can read and rewrite the pages; give "
+                      "--tls-psk FILE (or --tls-certificates DIR) on both ends, or listen on "
+                      "127.0.0.1 !!!", *p, app->tls.mode == TLS_ON ? "optional" : "off",
+                      app->export_specs ? "read the guest's memory" : "use the swap device");
     }
     if (app->control_path) {
         app->control = control_server_new(app->control_path, error);
@@ -255,6 +288,17 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
           "included (default: 30)", "SECS" },
         { "exit-when-idle", 0, 0, G_OPTION_ARG_NONE, &app->exit_when_idle,
           "Source role: exit once the destination has said it has every page and every client has gone", NULL },
+        { "tls", 0, 0, G_OPTION_ARG_STRING, &app->tls_arg,
+          "TLS on the source link: require (default with a key or certificates), on "
+          "(optional) or off", "MODE" },
+        { "tls-psk", 0, 0, G_OPTION_ARG_FILENAME, &app->tls_psk,
+          "Pre-shared key file (psktool's format) for the source link, the same on both ends",
+          "FILE" },
+        { "tls-certificates", 0, 0, G_OPTION_ARG_FILENAME, &app->tls_certificates,
+          "Directory of ca-cert.pem and server-cert.pem/server-key.pem (source) or "
+          "client-cert.pem/client-key.pem (destination)", "DIR" },
+        { "tls-username", 0, 0, G_OPTION_ARG_STRING, &app->tls_username,
+          "Destination: the PSK identity to use (default: the key file's first)", "NAME" },
         { "control", 0, 0, G_OPTION_ARG_FILENAME, &app->control_path,
           "Control socket (statistics, mappings; see docs/control-protocol.md)", "PATH" },
         { "stats-interval", 0, 0, G_OPTION_ARG_INT, &app->stats_interval,
@@ -321,6 +365,24 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
     }
     if (app->max_connections > 0)
         app->server.max_connections = (unsigned)app->max_connections;
+    /* The server side of TLS serves TCP clients; the client side is the
+     * destination's link to its source. */
+    if (!tls_config_init(&app->tls, app->tls_arg, app->tls_psk, app->tls_certificates,
+                         app->tls_username, app->listens != NULL, app->src != NULL, error))
+        return false;
+    if (tls_config_enabled(&app->tls) && !app->listens && !app->src) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                    "TLS is for the link between source and destination: give --listen "
+                    "HOST:PORT (source) or --src HOST:PORT (destination); Unix sockets are "
+                    "protected by their mode");
+        return false;
+    }
+    if (tls_config_enabled(&app->tls) && app->listens) {
+        app->server.tls = tls_server_new(&app->tls, error);
+        if (!app->server.tls)
+            return false;
+        app->server.tls_mode = app->tls.mode;
+    }
     if (!app->sockets && !app->listens) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
                     "no address to serve on: give --socket PATH and/or --listen HOST:PORT");
@@ -355,6 +417,11 @@ static void app_free(App *app)
     g_strfreev(app->export_specs);
     g_free(app->src);
     g_free(app->fault_timeout_arg);
+    g_free(app->tls_arg);
+    g_free(app->tls_psk);
+    g_free(app->tls_certificates);
+    g_free(app->tls_username);
+    tls_config_clear(&app->tls);
     g_free(app->handshake_timeout_arg);
 }
 

@@ -59,7 +59,7 @@ static struct nbd_handle *connect_retry(Puller *p, const char *role, bool *conne
     g_autofree char *said = NULL;  /* the last failure logged: each new one is, once */
     while (!stopping(p)) {
         g_autoptr(GError) err = NULL;
-        struct nbd_handle *h = source_connect(d->host, d->port, p->name, &p->source,
+        struct nbd_handle *h = source_connect(d->host, d->port, d->tls, p->name, &p->source,
                                                   dest_handshake_timeout_ms(d), &err);
         if (h) {
             if (!first || after_loss)

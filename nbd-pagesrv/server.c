@@ -27,6 +27,7 @@ void server_init(Server *s)
 
 static void connection_free(Connection *c)
 {
+    tls_session_end(&c->wire);
     close(c->fd);
     wire_clear(&c->wire);
     byte_budget_clear(&c->inflight);
@@ -44,8 +45,9 @@ static void *connection_main(void *arg)
     Server *s = c->server;
     g_debug("%s: connected", c->peer);
     if (nbd_handshake(c)) {
-        g_debug("%s: serving export '%s'%s", c->peer, c->export->name,
-                c->structured ? " with structured replies" : "");
+        g_autofree char *how = tls_session_describe(&c->wire);
+        g_debug("%s: serving export '%s'%s (%s)", c->peer, c->export->name,
+                c->structured ? " with structured replies" : "", how);
         nbd_transmission(c);
     } else {
         stat_inc(&s->stats.handshakes_failed, 1);
@@ -60,11 +62,12 @@ static void *connection_main(void *arg)
     return NULL;
 }
 
-void server_add_connection(Server *s, int fd, const char *peer)
+void server_add_connection(Server *s, int fd, const char *peer, bool local)
 {
     Connection *c = g_new0(Connection, 1);
     c->server = s;
     c->fd = fd;
+    c->local = local;
     c->peer = g_strdup(peer);
     wire_init(&c->wire, fd);
     g_mutex_init(&c->send_lock);
@@ -131,6 +134,8 @@ void server_clear(Server *s)
         g_thread_pool_free(s->blocking_pool, TRUE, TRUE);
     s->blocking_pool = NULL;
     export_set_clear(&s->exports);
+    tls_server_free(s->tls);
+    s->tls = NULL;
     if (s->conns)
         g_ptr_array_unref(s->conns);
     s->conns = NULL;

@@ -11,6 +11,7 @@
 #include "byte-budget.h"
 #include "export.h"
 #include "server-stats.h"
+#include "tls.h"
 #include "wire.h"
 
 typedef struct Server Server;
@@ -19,10 +20,12 @@ typedef struct Connection {
     Server *server;
     int fd;
     char *peer;                   /* for log messages */
+    bool local;                   /* a Unix socket: TLS is never required */
     pthread_t thread;
     Wire wire;
 
     /* Negotiated in the handshake. */
+    bool tls_active;              /* STARTTLS done: the wire has a TLS layer */
     Export *export;
     bool no_zeroes;
     bool structured;
@@ -59,6 +62,10 @@ struct Server {
     unsigned max_connections;
     int handshake_timeout_s;
     ByteBudget inflight;          /* worker read buffers, all connections */
+    /* TLS on the server side: NULL, or the credentials STARTTLS uses;
+     * tls_mode says whether TCP clients must use it. */
+    TlsServer *tls;
+    TlsMode tls_mode;
     uint64_t refused_logged;      /* under lock: refusals logged so far */
 
     /* A destination sent the completion message (atomic). */
@@ -66,8 +73,9 @@ struct Server {
 };
 
 void server_init(Server *s);
-/* Takes ownership of fd: serves it on a new thread. */
-void server_add_connection(Server *s, int fd, const char *peer);
+/* Takes ownership of fd: serves it on a new thread. local: a Unix socket
+ * (access checked by its mode and SO_PEERCRED; TLS never required). */
+void server_add_connection(Server *s, int fd, const char *peer, bool local);
 /* Disconnect every client and wait for their threads to finish. */
 void server_shutdown(Server *s);
 void server_clear(Server *s);

@@ -1,0 +1,209 @@
+#!/usr/bin/env bats
+# TLS on the link between source and destination (issue 16,
+# docs/security.md): the source's server side (GnuTLS, NBD_OPT_STARTTLS)
+# with standard clients (nbdcopy, nbdinfo over nbds://), the destination's
+# client side (libnbd), and pulls through the real kernel swap path, with
+# a pre-shared key and with X.509 certificates. Keys and certificates are
+# made fresh per test (psktool, certtool). Traffic stays on 127.0.0.1.
+
+load lib/common
+load lib/migration
+load lib/tls
+
+setup() {
+    T=$BATS_TEST_TMPDIR
+    local t
+    for t in psktool certtool nbdcopy nbdinfo; do
+        command -v "$t" >/dev/null || { echo "'$t' is missing: run make deps (gnutls-bin, libnbd-bin)"; return 1; }
+    done
+    BEFORE=$(machine_state)
+}
+
+teardown() {
+    if [ -z "${BATS_TEST_COMPLETED:-}" ]; then
+        local f
+        for f in "$T"/source.log "$T"/dest.log; do
+            [ -f "$f" ] && { echo "--- last lines of $f:"; tail -n 30 "$f"; }
+        done
+    fi
+    run_deferred
+    [ "$(machine_state)" = "$BEFORE" ] || { echo "left behind:"; machine_state; false; }
+}
+
+# A 16 MiB random image.
+mk_img() {
+    IMG=$T/src.img
+    head -c $((16 << 20)) /dev/urandom >"$IMG"
+}
+
+# copy_ok URI: nbdcopy the export and compare it with the image.
+copy_ok() {
+    rm -f "$T/copy.img"
+    timeout 60 nbdcopy "$1" "$T/copy.img" && cmp "$IMG" "$T/copy.img"
+}
+
+# copy_refused URI: nbdcopy must fail and leave no copy of the image.
+copy_refused() {
+    rm -f "$T/copy.img"
+    run timeout 60 nbdcopy "$1" "$T/copy.img"
+    echo "nbdcopy $1: status $status: $output"
+    [ "$status" -ne 0 ]
+    ! cmp -s "$IMG" "$T/copy.img"
+}
+
+psk_uri() { echo "nbds://alice@127.0.0.1:$SRC_PORT/mem?tls-psk-file=$1"; }
+
+@test "TLS-PSK: nbdcopy over nbds:// copies the export byte for byte; plain nbd:// clients are refused" {
+    mk_img
+    make_psk "$T/keys.psk"
+    tls_source_start "$IMG" --tls-psk "$T/keys.psk"
+    grep -q "TLS require, pre-shared key" "$SRC_LOG"
+    copy_ok "$(psk_uri "$T/keys.psk")"
+    grep -q "TLS is on (TLS1.3, PSK identity 'alice')" "$SRC_LOG"
+    # Without TLS: no data, not even the list of exports.
+    copy_refused "nbd://127.0.0.1:$SRC_PORT/mem"
+    run timeout 30 nbdinfo --list "nbd://127.0.0.1:$SRC_PORT"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" != *'"mem"'* ]] && [[ "$output" != *"export=\"mem\""* ]]
+    grep -q "this server requires TLS" "$SRC_LOG"
+}
+
+@test "TLS-PSK: a wrong key, and an identity the source does not know, are refused" {
+    mk_img
+    make_psk "$T/keys.psk"
+    make_psk "$T/wrong.psk"            # alice again, another key
+    make_psk "$T/bob.psk" bob
+    tls_source_start "$IMG" --tls-psk "$T/keys.psk"
+    copy_refused "$(psk_uri "$T/wrong.psk")"
+    copy_refused "nbds://bob@127.0.0.1:$SRC_PORT/mem?tls-psk-file=$T/bob.psk"
+    grep -q "TLS handshake failed" "$SRC_LOG"
+    ! grep -q "TLS is on" "$SRC_LOG"
+    # The right key still works afterwards.
+    copy_ok "$(psk_uri "$T/keys.psk")"
+}
+
+@test "X.509: nbdcopy byte for byte; a client certificate from another CA, or none, is refused" {
+    mk_img
+    make_ca "$T/ca" "swapcopy test CA"
+    make_cert "$T/ca" "$T/server" server
+    make_cert "$T/ca" "$T/client" client
+    # Trusts the right CA (so it accepts the source) but holds a
+    # certificate signed by another one: only the source's check stops it.
+    make_ca "$T/rogue-ca" "someone else's CA"
+    make_cert "$T/rogue-ca" "$T/rogue" client
+    cp "$T/ca/ca-cert.pem" "$T/rogue/ca-cert.pem"
+    mkdir -p "$T/anonymous" && cp "$T/ca/ca-cert.pem" "$T/anonymous/"
+
+    tls_source_start "$IMG" --tls-certificates "$T/server"
+    grep -q "TLS require, X.509" "$SRC_LOG"
+    copy_ok "nbds://127.0.0.1:$SRC_PORT/mem?tls-certificates=$T/client"
+    grep -q "TLS is on (TLS1.3, client certificate verified)" "$SRC_LOG"
+    copy_refused "nbds://127.0.0.1:$SRC_PORT/mem?tls-certificates=$T/rogue"
+    copy_refused "nbds://127.0.0.1:$SRC_PORT/mem?tls-certificates=$T/anonymous"
+    copy_refused "nbd://127.0.0.1:$SRC_PORT/mem"
+    [ "$(grep -c "TLS handshake failed" "$SRC_LOG")" -ge 2 ]
+}
+
+@test "--tls on: TLS offered, plaintext clients still served" {
+    mk_img
+    make_psk "$T/keys.psk"
+    tls_source_start "$IMG" --tls-psk "$T/keys.psk" --tls on
+    copy_ok "nbd://127.0.0.1:$SRC_PORT/mem"
+    copy_ok "$(psk_uri "$T/keys.psk")"
+    grep -q "TLS is on" "$SRC_LOG"
+}
+
+@test "a TCP listener beyond loopback without TLS warns loudly; with TLS it does not" {
+    mk_img
+    make_psk "$T/keys.psk"
+    local port
+    port=$(free_port)
+    "$PAGESRV" --export "mem=$IMG" --listen "0.0.0.0:$port" --no-mlock >"$T/open.log" 2>&1 &
+    defer kill_wait "$!"
+    wait_for grep -q "serving NBD on TCP" "$T/open.log"
+    grep -q "!!! 0.0.0.0:$port is reachable from other hosts and TLS is off: anyone who can reach it can read the guest's memory" "$T/open.log"
+    port=$(free_port)
+    "$PAGESRV" --export "mem=$IMG" --listen "0.0.0.0:$port" --tls-psk "$T/keys.psk" --no-mlock \
+        >"$T/closed.log" 2>&1 &
+    defer kill_wait "$!"
+    wait_for grep -q "serving NBD on TCP" "$T/closed.log"
+    ! grep -q "reachable from other hosts" "$T/closed.log"
+    # A key file others may read is warned about; a bad mode refused.
+    chmod 0644 "$T/keys.psk"
+    run timeout 2 "$PAGESRV" --export "mem=$IMG" --listen "127.0.0.1:0" --tls-psk "$T/keys.psk" --no-mlock
+    [ "$status" -eq 124 ]
+    [[ "$output" == *"can be read by users other than its owner"* ]]
+    run "$PAGESRV" --export "mem=$IMG" --listen "127.0.0.1:0" --tls-psk "$T/keys.psk" --tls bogus
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"--tls 'bogus': give require, on or off"* ]]
+}
+
+@test "the destination's libnbd client pulls over TLS-PSK; without the key it is refused, naming TLS" {
+    mk_img
+    make_psk "$T/keys.psk"
+    tls_source_start "$IMG" --tls-psk "$T/keys.psk"
+    "$PAGESRV" --size 32M --socket "$T/d.sock" --control "$T/d.ctl" --src "127.0.0.1:$SRC_PORT" \
+        --tls-psk "$T/keys.psk" --no-mlock >"$T/dest.log" 2>&1 &
+    defer kill_wait "$!"
+    wait_for test -S "$T/d.ctl"
+    "$PAGESRV_CTL" "$T/d.ctl" map 0 mem 0 4096
+    timeout 60 "$PAGESRV_CTL" "$T/d.ctl" wait-all-local >/dev/null
+    nbdcopy "nbd+unix:///swap?socket=$T/d.sock" "$T/pulled.img"
+    cmp -n $((16 << 20)) "$IMG" "$T/pulled.img"
+    [ "$(grep -c "PSK identity 'alice'" "$SRC_LOG")" -ge 2 ]   # listing, demand, stream...
+    # The completion message went over TLS too.
+    wait_for grep -q "reports that it has every page" "$SRC_LOG"
+
+    run "$PAGESRV" --size 32M --socket "$T/e.sock" --src "127.0.0.1:$SRC_PORT" --no-mlock
+    echo "$output"
+    [ "$status" -eq 1 ]
+    [[ "$output" == *"cannot reach the migration source at 127.0.0.1:$SRC_PORT"* ]]
+    [[ "$output" == *"does the source require TLS? give this end the same --tls-psk"* ]]
+}
+
+# kernel_pull TLS_OPTS...: a 64 MiB image (mkimage) served with TLS, the
+# swap device set up by setup-swap.sh with the same TLS, and a process
+# whose memory is armed on it reading every page through the kernel's swap
+# path (tests/progs/e2e-workload).
+kernel_pull() {
+    local src_opts=() dst_opts=()
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --src-opt) src_opts+=("$2"); shift 2 ;;
+            --dst-opt) dst_opts+=("$2"); shift 2 ;;
+        esac
+    done
+    IMG=$T/src.img SUMS=$T/src.crc
+    "$TESTBIN/mkimage" "$IMG" 64 "$SUMS" >/dev/null
+    tls_source_start "$IMG" "${src_opts[@]}"
+    # swap_setup (lib/migration) reads SRC_PORT.
+    swap_setup "${dst_opts[@]}"
+    run "$TESTBIN/e2e-workload" --control "$CONTROL" --device "$DEVICE" --export mem --mib 64 --sums "$SUMS"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"RESULT: PASS"* ]]
+    [[ "$output" == *"wrong=0"* ]]
+    local st
+    st=$("$PAGESRV_CTL" "$CONTROL" status)
+    [ "$(json_get "$st" state)" = complete ]
+    [ "$(json_get "$st" pages.total)" -eq 16384 ]
+    [ "$(json_get "$st" bytes_fetched)" -gt 0 ]
+}
+
+@test "kernel swap path over TLS-PSK: a process's memory is migrated, every page the source's" {
+    make_psk "$T/keys.psk"
+    kernel_pull --src-opt --tls-psk --src-opt "$T/keys.psk" --dst-opt --tls-psk --dst-opt "$T/keys.psk"
+    grep -q "TLS is on (TLS1.3, PSK identity 'alice')" "$SRC_LOG"
+    ! grep -q "serving export 'mem'.*(plaintext)" "$SRC_LOG"
+}
+
+@test "kernel swap path over X.509: a process's memory is migrated, every page the source's" {
+    make_ca "$T/ca" "swapcopy test CA"
+    make_cert "$T/ca" "$T/server" server
+    make_cert "$T/ca" "$T/client" client
+    kernel_pull --src-opt --tls-certificates --src-opt "$T/server" \
+                --dst-opt --tls-certificates --dst-opt "$T/client"
+    grep -q "TLS is on (TLS1.3, client certificate verified)" "$SRC_LOG"
+    ! grep -q "serving export 'mem'.*(plaintext)" "$SRC_LOG"
+}
