@@ -46,7 +46,7 @@ GUEST_CFLAGS := -std=c11 -m32 -march=i686 -mgeneral-regs-only -ffreestanding -fn
 # Keep objects of the pattern-built programs between runs.
 .SECONDARY:
 
-.PHONY: all deps check check-sanitizers demo demo-swap bench qemu kernel install clean distclean
+.PHONY: all deps check check-sanitizers fuzz fuzz-build demo demo-swap bench qemu kernel install clean distclean
 all: $(PROGRAMS) $(LIBSWAPSTUB) $(TEST_PROGS) $(BENCH_PROGS) $(GUEST_ELF) $(SWAP_SAFE_PRELOAD)
 
 config.mk: configure scripts/install-deps.sh
@@ -121,6 +121,46 @@ check-sanitizers:
 	$(MAKE) BUILDDIR=build-san SANITIZERS=yes SUMMARY_LABEL=sanitizers: \
 		TESTS="$(or $(TESTS),$(SANITIZER_TESTS))" check
 
+# libFuzzer harnesses (tests/fuzz/): nbd-pagesrv's handshake and request
+# parsers before a source export and before the destination's page store,
+# and the control-line parser; built with clang's fuzzer runtime and
+# ASan + UBSan in build-fuzz/. 'make fuzz' runs each for FUZZ_SECONDS on
+# a working corpus seeded from tests/fuzz/corpus/NAME and fails on the
+# first crash, leak, hang (-timeout) or sanitizer report; the input that
+# did it is left in build-fuzz/artifacts/.
+FUZZ_SECONDS ?= 60
+FUZZ_CC ?= clang-14
+FB := build-fuzz
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g $(WARN) -pthread -fno-omit-frame-pointer \
+	-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all \
+	$(DEPS_CFLAGS) -Iinclude -iquote nbd-pagesrv
+FUZZ_OBJS := $(patsubst %.c,$(FB)/obj/%.o,$(filter-out nbd-pagesrv/main.c,$(PAGESRV_SRCS)))
+FUZZERS := $(patsubst tests/fuzz/%.c,$(FB)/%,$(wildcard tests/fuzz/fuzz-*.c))
+
+$(FB)/obj/%.o: %.c config.mk
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(FB)/fuzz-%: $(FB)/obj/tests/fuzz/fuzz-%.o $(FUZZ_OBJS)
+	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined -pthread -o $@ $^ $(LIBS)
+
+fuzz-build: $(FUZZERS)
+
+fuzz: $(FUZZERS)
+	@mkdir -p $(FB)/artifacts
+	@set -e; for f in $(FUZZERS); do \
+	    n=$$(basename $$f); dict=tests/fuzz/$$n.dict; \
+	    [ -f $$dict ] || dict=tests/fuzz/nbd.dict; \
+	    mkdir -p $(FB)/corpus/$$n; \
+	    echo "== $$n: $(FUZZ_SECONDS) s"; \
+	    ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
+	    $$f -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+	        -print_final_stats=1 -dict=$$dict -artifact_prefix=$(FB)/artifacts/$$n- \
+	        $(FB)/corpus/$$n tests/fuzz/corpus/$$n 2>$(FB)/$$n.log \
+	      || { tail -n 60 $(FB)/$$n.log; echo "fuzz: $$n failed; the input is in $(FB)/artifacts/"; exit 1; }; \
+	    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)|cov: ' $(FB)/$$n.log | tail -n 3; \
+	done
+
 demo: all
 	SWAPCOPY_BUILD=$(abspath $(B)) scripts/demo.sh
 
@@ -153,9 +193,9 @@ install: $(PROGRAMS) $(LIBSWAPSTUB) $(SWAP_SAFE_PRELOAD)
 	install -m 644 swapstub/swapstub.h $(DESTDIR)$(PREFIX)/include/
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 distclean: clean
 	rm -f config.mk
 
--include $(shell find $(B) -name '*.d' 2>/dev/null)
+-include $(shell find $(B) $(FB) -name '*.d' 2>/dev/null)
