@@ -153,7 +153,7 @@ static bool dest_map(Dest *d, uint64_t slot, const char *name, uint64_t page, ui
         ok = false;
     }
     for (uint64_t i = 0; i < count; i++) {
-        if (!p->rev[page + i])
+        if (!__atomic_load_n(&p->rev[page + i], __ATOMIC_RELAXED))
             p->mapped++;
         __atomic_store_n(&p->rev[page + i], slot + i + 1, __ATOMIC_RELEASE);
     }
@@ -224,9 +224,11 @@ static gboolean check_completion(gpointer data)
         puller_request_stop(g_ptr_array_index(d->pullers, i));
     g_message("all %" G_GUINT64_FORMAT " mapped pages are local after %.3f s (%" G_GUINT64_FORMAT
               " on demand, %" G_GUINT64_FORMAT " streamed, %" G_GUINT64_FORMAT " zero); the "
-              "source is no longer needed", d->mapped_total,
-              (double)(d->complete_us - d->first_map_us) / 1e6, d->demand_pages, d->stream_pages,
-              d->zero_pages);
+              "source is no longer needed", __atomic_load_n(&d->mapped_total, __ATOMIC_RELAXED),
+              (double)(d->complete_us - d->first_map_us) / 1e6,
+              __atomic_load_n(&d->demand_pages, __ATOMIC_RELAXED),
+              __atomic_load_n(&d->stream_pages, __ATOMIC_RELAXED),
+              __atomic_load_n(&d->zero_pages, __ATOMIC_RELAXED));
     if (!d->teller)
         d->teller = g_thread_new("tell-source", tell_source_main, d);
     g_autoptr(GString) st = g_string_new(NULL);
@@ -262,6 +264,9 @@ static const char *state_name(Dest *d)
     return __atomic_load_n(&d->background, __ATOMIC_RELAXED) ? "streaming" : "demand-only";
 }
 
+/* The puller threads and fault workers update these while we read. */
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+
 void dest_status_json(Dest *d, GString *out)
 {
     PageStoreCounts c;
@@ -286,11 +291,11 @@ void dest_status_json(Dest *d, GString *out)
         ",\"eta_s\":%.1f,\"reconnects\":%" G_GUINT64_FORMAT ",\"policy\":{\"background\":%s"
         ",\"land\":%s,\"bandwidth_mib_s\":%.1f,\"fault_timeout_s\":%.1f},\"fetch_latency_us\":",
         state_name(d), d->host, d->port, total, local, remote, landed,
-        demand_table_parked(d->demand), d->demand_pages,
-        d->stream_pages, d->zero_pages, d->demand_failures, bytes, secs,
-        rate / 1048576.0, eta, d->reconnects, d->background ? "true" : "false",
+        demand_table_parked(d->demand), LOAD(d->demand_pages),
+        LOAD(d->stream_pages), LOAD(d->zero_pages), LOAD(d->demand_failures), bytes, secs,
+        rate / 1048576.0, eta, LOAD(d->reconnects), LOAD(d->background) ? "true" : "false",
         dest_landing(d) ? "true" : "false",
-        (double)d->bandwidth_bps / 1048576.0, (double)d->fault_timeout_us / 1e6);
+        (double)LOAD(d->bandwidth_bps) / 1048576.0, (double)LOAD(d->fault_timeout_us) / 1e6);
     latency_hist_to_json(&d->fetch_latency, out);
     unsigned demand_up = 0, stream_up = 0;
     for (guint i = 0; i < d->pullers->len; i++) {

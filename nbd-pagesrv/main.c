@@ -98,20 +98,23 @@ static void cmd_stats(ControlClient *cl, int argc, char **argv, gpointer data)
 
 static void log_stats(App *app, const char *when)
 {
+    /* Connection threads update the counters as this reads them. */
+#define L(x) __atomic_load_n(&s->x, __ATOMIC_RELAXED)
     ServerStats *s = &app->server.stats;
     g_message("statistics %s: %" G_GUINT64_FORMAT " connections; requests: read %"
               G_GUINT64_FORMAT ", write %" G_GUINT64_FORMAT ", flush %" G_GUINT64_FORMAT
               ", trim %" G_GUINT64_FORMAT ", write_zeroes %" G_GUINT64_FORMAT ", other %"
               G_GUINT64_FORMAT ", errors %" G_GUINT64_FORMAT "; %.1f MiB read, %.1f MiB "
               "written; latency p50 %" G_GUINT64_FORMAT " us, p99 %" G_GUINT64_FORMAT
-              " us, max %" G_GUINT64_FORMAT " us", when, s->connections_total,
-              s->requests[NBD_CMD_READ], s->requests[NBD_CMD_WRITE], s->requests[NBD_CMD_FLUSH],
-              s->requests[NBD_CMD_TRIM], s->requests[NBD_CMD_WRITE_ZEROES],
-              s->requests[NBD_CMD_CACHE] + s->requests[NBD_CMD_BLOCK_STATUS] +
-                  s->requests[NBD_CMD_DISC] + s->requests_invalid,
-              s->errors, (double)s->bytes_read / 1048576.0,
-              (double)s->bytes_written / 1048576.0, latency_hist_quantile(&s->latency, 0.5),
-              latency_hist_quantile(&s->latency, 0.99), s->latency.max_us);
+              " us, max %" G_GUINT64_FORMAT " us", when, L(connections_total),
+              L(requests[NBD_CMD_READ]), L(requests[NBD_CMD_WRITE]), L(requests[NBD_CMD_FLUSH]),
+              L(requests[NBD_CMD_TRIM]), L(requests[NBD_CMD_WRITE_ZEROES]),
+              L(requests[NBD_CMD_CACHE]) + L(requests[NBD_CMD_BLOCK_STATUS]) +
+                  L(requests[NBD_CMD_DISC]) + L(requests_invalid),
+              L(errors), (double)L(bytes_read) / 1048576.0,
+              (double)L(bytes_written) / 1048576.0, latency_hist_quantile(&s->latency, 0.5),
+              latency_hist_quantile(&s->latency, 0.99), L(latency.max_us));
+#undef L
 }
 
 static gboolean on_quit_signal(gpointer data)

@@ -17,6 +17,7 @@
 #include "limits.h"
 #include "nbd-proto.h"
 #include "server.h"
+#include "tsan-annotate.h"
 
 #define MAX_EXTENTS 65536   /* per BLOCK_STATUS reply; the client asks again */
 
@@ -268,6 +269,7 @@ void nbd_blocking_read_job(gpointer data, gpointer user_data)
 {
     (void)user_data;
     ReadJob *job = data;
+    TSAN_ACQUIRE(job);   /* handed over through the pool's queue */
     Connection *c = job->conn;
     g_autofree unsigned char *buf = g_try_malloc(job->req.length);
     if (buf) {
@@ -303,6 +305,7 @@ static void queue_blocking_read(Connection *c, const Request *r)
     g_mutex_lock(&c->pending_lock);
     c->pending++;
     g_mutex_unlock(&c->pending_lock);
+    TSAN_RELEASE(job);
     g_thread_pool_push(c->server->blocking_pool, job, NULL);
 }
 

@@ -2,9 +2,10 @@
 # TLS on the link between source and destination (issue 16,
 # docs/security.md): the source's server side (GnuTLS, NBD_OPT_STARTTLS)
 # with standard clients (nbdcopy, nbdinfo over nbds://), the destination's
-# client side (libnbd), and pulls through the real kernel swap path, with
-# a pre-shared key and with X.509 certificates. Keys and certificates are
-# made fresh per test (psktool, certtool). Traffic stays on 127.0.0.1.
+# client side (libnbd), with a pre-shared key and with X.509 certificates.
+# Keys and certificates are made fresh per test (psktool, certtool).
+# Traffic stays on 127.0.0.1. The kernel swap path over TLS is
+# tests/tls-kernel.bats.
 
 load lib/common
 load lib/migration
@@ -160,50 +161,4 @@ psk_uri() { echo "nbds://alice@127.0.0.1:$SRC_PORT/mem?tls-psk-file=$1"; }
     [ "$status" -eq 1 ]
     [[ "$output" == *"cannot reach the migration source at 127.0.0.1:$SRC_PORT"* ]]
     [[ "$output" == *"does the source require TLS? give this end the same --tls-psk"* ]]
-}
-
-# kernel_pull TLS_OPTS...: a 64 MiB image (mkimage) served with TLS, the
-# swap device set up by setup-swap.sh with the same TLS, and a process
-# whose memory is armed on it reading every page through the kernel's swap
-# path (tests/progs/e2e-workload).
-kernel_pull() {
-    local src_opts=() dst_opts=()
-    while [ $# -gt 0 ]; do
-        case "$1" in
-            --src-opt) src_opts+=("$2"); shift 2 ;;
-            --dst-opt) dst_opts+=("$2"); shift 2 ;;
-        esac
-    done
-    IMG=$T/src.img SUMS=$T/src.crc
-    "$TESTBIN/mkimage" "$IMG" 64 "$SUMS" >/dev/null
-    tls_source_start "$IMG" "${src_opts[@]}"
-    # swap_setup (lib/migration) reads SRC_PORT.
-    swap_setup "${dst_opts[@]}"
-    run "$TESTBIN/e2e-workload" --control "$CONTROL" --device "$DEVICE" --export mem --mib 64 --sums "$SUMS"
-    echo "$output"
-    [ "$status" -eq 0 ]
-    [[ "$output" == *"RESULT: PASS"* ]]
-    [[ "$output" == *"wrong=0"* ]]
-    local st
-    st=$("$PAGESRV_CTL" "$CONTROL" status)
-    [ "$(json_get "$st" state)" = complete ]
-    [ "$(json_get "$st" pages.total)" -eq 16384 ]
-    [ "$(json_get "$st" bytes_fetched)" -gt 0 ]
-}
-
-@test "kernel swap path over TLS-PSK: a process's memory is migrated, every page the source's" {
-    make_psk "$T/keys.psk"
-    kernel_pull --src-opt --tls-psk --src-opt "$T/keys.psk" --dst-opt --tls-psk --dst-opt "$T/keys.psk"
-    grep -q "TLS is on (TLS1.3, PSK identity 'alice')" "$SRC_LOG"
-    ! grep -q "serving export 'mem'.*(plaintext)" "$SRC_LOG"
-}
-
-@test "kernel swap path over X.509: a process's memory is migrated, every page the source's" {
-    make_ca "$T/ca" "swapcopy test CA"
-    make_cert "$T/ca" "$T/server" server
-    make_cert "$T/ca" "$T/client" client
-    kernel_pull --src-opt --tls-certificates --src-opt "$T/server" \
-                --dst-opt --tls-certificates --dst-opt "$T/client"
-    grep -q "TLS is on (TLS1.3, client certificate verified)" "$SRC_LOG"
-    ! grep -q "serving export 'mem'.*(plaintext)" "$SRC_LOG"
 }
