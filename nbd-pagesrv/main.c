@@ -20,7 +20,6 @@
 #include "daemon-safety.h"
 #include "dest.h"
 #include "file-export.h"
-#include "limits.h"
 #include "listener.h"
 #include "page-store-export.h"
 #include "seconds-arg.h"
