@@ -15,15 +15,6 @@
 #include "page-store.h"
 
 static ControlServer *cs;
-static char sock_dir[] = "/tmp/fuzz-control.XXXXXX";
-static char *sock_path;
-
-/* libFuzzer leaves through exit(): take the socket and its directory. */
-static void remove_socket(void)
-{
-    unlink(sock_path);
-    rmdir(sock_dir);
-}
 
 static void quiet_log(const gchar *domain, GLogLevelFlags level, const gchar *message,
                       gpointer data)
@@ -41,11 +32,16 @@ static void setup(void)
 {
     g_log_set_default_handler(quiet_log, NULL);
     GError *error = NULL;
+    char sock_dir[] = "/tmp/fuzz-control.XXXXXX";
     if (!mkdtemp(sock_dir))
         abort();
-    sock_path = g_build_filename(sock_dir, "ctl.sock", NULL);
-    atexit(remove_socket);
+    g_autofree char *sock_path = g_build_filename(sock_dir, "ctl.sock", NULL);
     cs = control_server_new(sock_path, &error);
+    /* Clients are attached directly, never through the socket: remove it
+     * and its directory now, so that nothing is left however libFuzzer
+     * ends (it leaves through _exit on a crash or an interrupt). */
+    unlink(sock_path);
+    rmdir(sock_dir);
     PageStore *ps = cs ? page_store_new(1024 * PAGE_SIZE_BYTES, NULL, 64 * PAGE_SIZE_BYTES, false, &error) : NULL;
     /* Port 1 on loopback: nothing listens there, the connection is refused. */
     Dest *d = ps ? dest_new(ps, "127.0.0.1:1", NULL, true, 100 * 1000, &error) : NULL;
