@@ -16,6 +16,10 @@ ifeq ($(SANITIZERS),yes)
 BASE_CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 BASE_LDFLAGS += -fsanitize=address,undefined
 endif
+ifeq ($(SANITIZERS),thread)
+BASE_CFLAGS += -fsanitize=thread -fno-omit-frame-pointer -DSWAPCOPY_TSAN -include nbd-pagesrv/tsan-glib.h
+BASE_LDFLAGS += -fsanitize=thread
+endif
 ALL_CFLAGS = $(BASE_CFLAGS) $(DEPS_CFLAGS) -Iinclude -Iswapstub $(CFLAGS)
 ALL_LDFLAGS = $(BASE_LDFLAGS) -pthread $(LDFLAGS)
 LIBS = $(DEPS_LIBS)
@@ -46,7 +50,7 @@ GUEST_CFLAGS := -std=c11 -m32 -march=i686 -mgeneral-regs-only -ffreestanding -fn
 # Keep objects of the pattern-built programs between runs.
 .SECONDARY:
 
-.PHONY: all deps check check-sanitizers demo demo-swap bench qemu kernel install clean distclean
+.PHONY: all deps check check-sanitizers check-tsan fuzz fuzz-build demo demo-swap bench qemu kernel install clean distclean
 all: $(PROGRAMS) $(LIBSWAPSTUB) $(TEST_PROGS) $(BENCH_PROGS) $(GUEST_ELF) $(SWAP_SAFE_PRELOAD)
 
 config.mk: configure scripts/install-deps.sh
@@ -121,6 +125,70 @@ check-sanitizers:
 	$(MAKE) BUILDDIR=build-san SANITIZERS=yes SUMMARY_LABEL=sanitizers: \
 		TESTS="$(or $(TESTS),$(SANITIZER_TESTS))" check
 
+# libFuzzer harnesses (tests/fuzz/): nbd-pagesrv's handshake and request
+# parsers before a source export and before the destination's page store,
+# and the control-line parser; built with clang's fuzzer runtime and
+# ASan + UBSan in build-fuzz/. 'make fuzz' runs each for FUZZ_SECONDS on
+# a working corpus seeded from tests/fuzz/corpus/NAME and fails on the
+# first crash, leak, hang (-timeout) or sanitizer report; the input that
+# did it is left in build-fuzz/artifacts/.
+FUZZ_SECONDS ?= 60
+FUZZ_CC ?= clang-14
+FB := build-fuzz
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g $(WARN) -pthread -fno-omit-frame-pointer \
+	-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all \
+	$(DEPS_CFLAGS) -Iinclude -iquote nbd-pagesrv
+FUZZ_OBJS := $(patsubst %.c,$(FB)/obj/%.o,$(filter-out nbd-pagesrv/main.c,$(PAGESRV_SRCS)))
+FUZZERS := $(patsubst tests/fuzz/%.c,$(FB)/%,$(wildcard tests/fuzz/fuzz-*.c))
+
+$(FB)/obj/%.o: %.c config.mk
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(FB)/fuzz-%: $(FB)/obj/tests/fuzz/fuzz-%.o $(FUZZ_OBJS)
+	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined -pthread -o $@ $^ $(LIBS)
+
+fuzz-build: $(FUZZERS)
+
+fuzz: $(FUZZERS)
+	@mkdir -p $(FB)/artifacts
+	@set -e; for f in $(FUZZERS); do \
+	    n=$$(basename $$f); dict=tests/fuzz/$$n.dict; \
+	    [ -f $$dict ] || dict=tests/fuzz/nbd.dict; \
+	    mkdir -p $(FB)/corpus/$$n; \
+	    echo "== $$n: $(FUZZ_SECONDS) s"; \
+	    ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
+	    $$f -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+	        -print_final_stats=1 -dict=$$dict -artifact_prefix=$(FB)/artifacts/$$n- \
+	        $(FB)/corpus/$$n tests/fuzz/corpus/$$n 2>$(FB)/$$n.log \
+	      || { tail -n 60 $(FB)/$$n.log; echo "fuzz: $$n failed; the input is in $(FB)/artifacts/"; exit 1; }; \
+	    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)|cov: ' $(FB)/$$n.log | tail -n 3; \
+	done
+
+# nbd-pagesrv's threaded core under ThreadSanitizer (build-tsan/): the
+# suites that drive it through real NBD traffic, real processes and
+# libnbd, without the kernel's swap path. Any race report aborts the
+# daemon (halt_on_error), which fails its test. GLib's futex-based locks
+# are made visible to TSan by nbd-pagesrv/tsan-glib.h, and GSlice (which
+# hands memory between threads under its own futex locks) is turned into
+# plain malloc with G_SLICE=always-malloc; tests/tsan.supp
+# lists what is suppressed in uninstrumented libraries. TSan's deadlock
+# detector is off: it cannot hold more than 64 locks per thread, and a
+# TRIM takes every slot-lock stripe of the page store at once. Left out: the suites that
+# put a TSan daemon under the kernel's swap path (e2e, kernel-swap,
+# setup-swap, the QEMU and VM ones): TSan's shadow memory is several times
+# the process's and every access costs 5-15 times as much, so a swap server
+# built with it answers the kernel too late and is itself a target of the
+# host's paging; the code they run is the code pull.bats runs, through
+# nbdfuse and libnbd instead of the kernel. tests/limits.bats measures
+# resident memory, which TSan's shadow makes meaningless.
+TSAN_TESTS := tests/protocol.bats tests/pull.bats tests/local-access.bats tests/tls.bats
+check-tsan:
+	G_SLICE=always-malloc \
+	TSAN_OPTIONS="halt_on_error=1 abort_on_error=1 history_size=4 detect_deadlocks=0 suppressions=$(abspath tests/tsan.supp)" \
+	$(MAKE) BUILDDIR=build-tsan SANITIZERS=thread SUMMARY_LABEL=tsan: \
+		TESTS="$(or $(TESTS),$(TSAN_TESTS))" check
+
 demo: all
 	SWAPCOPY_BUILD=$(abspath $(B)) scripts/demo.sh
 
@@ -153,9 +221,9 @@ install: $(PROGRAMS) $(LIBSWAPSTUB) $(SWAP_SAFE_PRELOAD)
 	install -m 644 swapstub/swapstub.h $(DESTDIR)$(PREFIX)/include/
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 distclean: clean
 	rm -f config.mk
 
--include $(shell find $(B) -name '*.d' 2>/dev/null)
+-include $(shell find $(B) $(FB) -name '*.d' 2>/dev/null)

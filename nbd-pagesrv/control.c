@@ -142,6 +142,25 @@ static void dispatch(ControlClient *cl, char *line)
     c->fn(cl, argc, argv, c->data);
 }
 
+bool control_client_feed(ControlClient *cl, const char *data, size_t len)
+{
+    g_string_append_len(cl->in, data, (gssize)len);
+    char *nl;
+    while (cl->fd >= 0 && (nl = memchr(cl->in->str, '\n', cl->in->len))) {
+        g_autofree char *line = g_strndup(cl->in->str, (gsize)(nl - cl->in->str));
+        g_string_erase(cl->in, 0, nl - cl->in->str + 1);
+        control_client_ref(cl);
+        dispatch(cl, line);
+        control_client_unref(cl);
+    }
+    if (cl->fd >= 0 && cl->in->len > MAX_LINE) {
+        control_reply_error(cl, "request line longer than %d bytes", MAX_LINE);
+        client_close(cl);
+        return false;
+    }
+    return cl->fd >= 0;
+}
+
 static gboolean on_client_data(gint fd, GIOCondition cond, gpointer data)
 {
     (void)cond;
@@ -159,21 +178,25 @@ static gboolean on_client_data(gint fd, GIOCondition cond, gpointer data)
         control_client_unref(cl);
         return G_SOURCE_REMOVE;
     }
-    g_string_append_len(cl->in, buf, n);
-    char *nl;
-    while (cl->fd >= 0 && (nl = memchr(cl->in->str, '\n', cl->in->len))) {
-        g_autofree char *line = g_strndup(cl->in->str, (gsize)(nl - cl->in->str));
-        g_string_erase(cl->in, 0, nl - cl->in->str + 1);
-        control_client_ref(cl);
-        dispatch(cl, line);
-        control_client_unref(cl);
-    }
-    if (cl->fd >= 0 && cl->in->len > MAX_LINE) {
-        control_reply_error(cl, "request line longer than %d bytes", MAX_LINE);
-        client_close(cl);
-        return G_SOURCE_REMOVE;
-    }
-    return G_SOURCE_CONTINUE;
+    /* A closed client's source was removed by client_close. */
+    return control_client_feed(cl, buf, (size_t)n) ? G_SOURCE_CONTINUE : G_SOURCE_REMOVE;
+}
+
+ControlClient *control_client_attach(ControlServer *cs, int fd)
+{
+    ControlClient *cl = g_new0(ControlClient, 1);
+    cl->cs = cs;
+    cl->fd = fd;
+    cl->refs = 1;
+    cl->in = g_string_new(NULL);
+    cl->source = g_unix_fd_add(fd, G_IO_IN, on_client_data, cl);
+    cs->clients = g_list_prepend(cs->clients, cl);
+    return cl;
+}
+
+void control_client_detach(ControlClient *cl)
+{
+    client_close(cl);
 }
 
 static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
@@ -186,13 +209,20 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
             g_warning("control: accept on %s failed: %s", cs->path, g_strerror(errno));
         return G_SOURCE_CONTINUE;
     }
-    ControlClient *cl = g_new0(ControlClient, 1);
-    cl->cs = cs;
-    cl->fd = cfd;
-    cl->refs = 1;
-    cl->in = g_string_new(NULL);
-    cl->source = g_unix_fd_add(cfd, G_IO_IN, on_client_data, cl);
-    cs->clients = g_list_prepend(cs->clients, cl);
+    /* The socket is 0600 already; the control commands steer the swap
+     * device (map, land, release), so check the peer itself too. */
+    char who[96];
+    if (!unix_peer_trusted(cfd, who, sizeof who)) {
+        g_warning("control: refusing a connection on %s from %s: only root and the daemon's "
+                  "own user may control it", cs->path, who);
+        static const char refusal[] = "{\"error\":\"permission denied: only root and the "
+                                      "daemon's own user may use this control socket\"}\n";
+        if (send(cfd, refusal, sizeof refusal - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+            g_debug("control: the refused peer is gone: %s", g_strerror(errno));
+        close(cfd);
+        return G_SOURCE_CONTINUE;
+    }
+    control_client_attach(cs, cfd);
     return G_SOURCE_CONTINUE;
 }
 

@@ -61,6 +61,7 @@ struct Puller {
 struct Dest {
     PageStore *ps;
     char *host, *port;
+    const TlsConfig *tls;          /* the link's TLS (main.c owns it) */
     GHashTable *source_sizes;      /* export name -> SourceExport* */
     /* Of Puller*, index = export id. Added to on the main thread only;
      * sized for DEST_MAX_EXPORTS at start so that its storage never moves

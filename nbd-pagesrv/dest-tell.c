@@ -14,6 +14,7 @@
 typedef struct {
     ControlClient *client;
     char *host, *port;
+    const TlsConfig *tls;          /* the Dest's: lives as long as nbd-pagesrv */
     int result;                    /* source_tell()'s */
     GError *error;
 } TellJob;
@@ -43,8 +44,8 @@ static gboolean tell_answer(gpointer data)
 static gpointer tell_thread(gpointer data)
 {
     TellJob *j = data;
-    j->result = source_tell(j->host, j->port, SWAPCOPY_READY_EXPORT, TELL_READY_TIMEOUT_MS,
-                            &j->error);
+    j->result = source_tell(j->host, j->port, j->tls, SWAPCOPY_READY_EXPORT,
+                            TELL_READY_TIMEOUT_MS, &j->error);
     g_idle_add(tell_answer, j);
     return NULL;
 }
@@ -60,6 +61,7 @@ static void cmd_tell_source(ControlClient *cl, int argc, char **argv, gpointer d
     j->client = control_client_ref(cl);
     j->host = g_strdup(d->host);
     j->port = g_strdup(d->port);
+    j->tls = d->tls;
     /* Short-lived and answered through the main loop: not joined. */
     g_thread_unref(g_thread_new("tell-ready", tell_thread, j));
 }

@@ -8,6 +8,7 @@
 
 #include "dest-internal.h"
 #include "nbd-proto.h"
+#include "seconds-arg.h"
 #include "source-conn.h"
 
 #define COMPLETION_CHECK_MS 100
@@ -62,7 +63,7 @@ static void dest_prefetch(void *opaque, const RemotePage *pages, size_t n, bool 
 
 static bool list_source_exports(Dest *d, GError **error)
 {
-    if (!(d->source_sizes = source_list_exports(d->host, d->port, dest_handshake_timeout_ms(d), error)))
+    if (!(d->source_sizes = source_list_exports(d->host, d->port, d->tls, dest_handshake_timeout_ms(d), error)))
         return false;
     GHashTableIter it;
     gpointer k, v;
@@ -153,7 +154,7 @@ static bool dest_map(Dest *d, uint64_t slot, const char *name, uint64_t page, ui
         ok = false;
     }
     for (uint64_t i = 0; i < count; i++) {
-        if (!p->rev[page + i])
+        if (!__atomic_load_n(&p->rev[page + i], __ATOMIC_RELAXED))
             p->mapped++;
         __atomic_store_n(&p->rev[page + i], slot + i + 1, __ATOMIC_RELEASE);
     }
@@ -192,7 +193,8 @@ static gpointer tell_source_main(gpointer data)
     bool warned = false;
     while (!__atomic_load_n(&d->stopping, __ATOMIC_RELAXED)) {
         g_autoptr(GError) err = NULL;
-        int r = source_tell(d->host, d->port, SWAPCOPY_DONE_EXPORT, TELL_ATTEMPT_MS, &err);
+        int r = source_tell(d->host, d->port, d->tls, SWAPCOPY_DONE_EXPORT, TELL_ATTEMPT_MS,
+                            &err);
         if (r == 1) {
             __atomic_store_n(&d->source_told, true, __ATOMIC_RELEASE);
             g_message("told the source %s:%s that it is no longer needed", d->host, d->port);
@@ -224,9 +226,11 @@ static gboolean check_completion(gpointer data)
         puller_request_stop(g_ptr_array_index(d->pullers, i));
     g_message("all %" G_GUINT64_FORMAT " mapped pages are local after %.3f s (%" G_GUINT64_FORMAT
               " on demand, %" G_GUINT64_FORMAT " streamed, %" G_GUINT64_FORMAT " zero); the "
-              "source is no longer needed", d->mapped_total,
-              (double)(d->complete_us - d->first_map_us) / 1e6, d->demand_pages, d->stream_pages,
-              d->zero_pages);
+              "source is no longer needed", __atomic_load_n(&d->mapped_total, __ATOMIC_RELAXED),
+              (double)(d->complete_us - d->first_map_us) / 1e6,
+              __atomic_load_n(&d->demand_pages, __ATOMIC_RELAXED),
+              __atomic_load_n(&d->stream_pages, __ATOMIC_RELAXED),
+              __atomic_load_n(&d->zero_pages, __ATOMIC_RELAXED));
     if (!d->teller)
         d->teller = g_thread_new("tell-source", tell_source_main, d);
     g_autoptr(GString) st = g_string_new(NULL);
@@ -262,6 +266,9 @@ static const char *state_name(Dest *d)
     return __atomic_load_n(&d->background, __ATOMIC_RELAXED) ? "streaming" : "demand-only";
 }
 
+/* The puller threads and fault workers update these while we read. */
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+
 void dest_status_json(Dest *d, GString *out)
 {
     PageStoreCounts c;
@@ -286,11 +293,11 @@ void dest_status_json(Dest *d, GString *out)
         ",\"eta_s\":%.1f,\"reconnects\":%" G_GUINT64_FORMAT ",\"policy\":{\"background\":%s"
         ",\"land\":%s,\"bandwidth_mib_s\":%.1f,\"fault_timeout_s\":%.1f},\"fetch_latency_us\":",
         state_name(d), d->host, d->port, total, local, remote, landed,
-        demand_table_parked(d->demand), d->demand_pages,
-        d->stream_pages, d->zero_pages, d->demand_failures, bytes, secs,
-        rate / 1048576.0, eta, d->reconnects, d->background ? "true" : "false",
+        demand_table_parked(d->demand), LOAD(d->demand_pages),
+        LOAD(d->stream_pages), LOAD(d->zero_pages), LOAD(d->demand_failures), bytes, secs,
+        rate / 1048576.0, eta, LOAD(d->reconnects), LOAD(d->background) ? "true" : "false",
         dest_landing(d) ? "true" : "false",
-        (double)d->bandwidth_bps / 1048576.0, (double)d->fault_timeout_us / 1e6);
+        (double)LOAD(d->bandwidth_bps) / 1048576.0, (double)LOAD(d->fault_timeout_us) / 1e6);
     latency_hist_to_json(&d->fetch_latency, out);
     unsigned demand_up = 0, stream_up = 0;
     for (guint i = 0; i < d->pullers->len; i++) {
@@ -422,11 +429,24 @@ static void cmd_markers(ControlClient *cl, int argc, char **argv, gpointer data)
     control_reply(cl, "{\"ok\":true}");
 }
 
+/* The bandwidth cap in bytes per second: a finite MiB/s (0 = unlimited)
+ * whose byte count fits 64 bits. */
+static bool parse_bandwidth(const char *text, uint64_t *bps)
+{
+    char *end = NULL;
+    if (!g_ascii_isdigit(*text) && *text != '.')
+        return false;   /* no "nan", "inf", signs */
+    double v = g_ascii_strtod(text, &end);
+    if (!end || *end || !(v >= 0) || v > (double)(UINT64_MAX >> 21))
+        return false;
+    *bps = (uint64_t)(v * 1048576.0);
+    return true;
+}
+
 static void cmd_policy(ControlClient *cl, int argc, char **argv, gpointer data)
 {
     Dest *d = data;
-    double v;
-    char *end = NULL;
+    uint64_t bps;
     if (argc == 3 && strcmp(argv[1], "background") == 0 &&
         (strcmp(argv[2], "on") == 0 || strcmp(argv[2], "off") == 0)) {
         __atomic_store_n(&d->background, strcmp(argv[2], "on") == 0, __ATOMIC_RELAXED);
@@ -437,12 +457,22 @@ static void cmd_policy(ControlClient *cl, int argc, char **argv, gpointer data)
         page_store_set_landing(d->ps, strcmp(argv[2], "on") == 0);
         for (guint i = 0; i < d->pullers->len; i++)
             puller_wake_stream(g_ptr_array_index(d->pullers, i));
-    } else if (argc == 3 && strcmp(argv[1], "bandwidth") == 0 &&
-               (v = g_ascii_strtod(argv[2], &end)) >= 0 && end && *end == 0) {
-        __atomic_store_n(&d->bandwidth_bps, (uint64_t)(v * 1048576.0), __ATOMIC_RELAXED);
-    } else if (argc == 3 && strcmp(argv[1], "fault-timeout") == 0 &&
-               (v = g_ascii_strtod(argv[2], &end)) > 0 && end && *end == 0) {
-        __atomic_store_n(&d->fault_timeout_us, (int64_t)(v * 1e6), __ATOMIC_RELAXED);
+    } else if (argc == 3 && strcmp(argv[1], "bandwidth") == 0) {
+        if (!parse_bandwidth(argv[2], &bps)) {
+            control_reply_error(cl, "policy bandwidth: '%s' is not a rate in MiB/s (a number "
+                                "from 0 = unlimited up to %" G_GUINT64_FORMAT ")", argv[2],
+                                UINT64_MAX >> 21);
+            return;
+        }
+        __atomic_store_n(&d->bandwidth_bps, bps, __ATOMIC_RELAXED);
+    } else if (argc == 3 && strcmp(argv[1], "fault-timeout") == 0) {
+        int64_t us;
+        g_autoptr(GError) error = NULL;
+        if (!parse_seconds("policy fault-timeout", argv[2], &us, &error)) {
+            control_reply_error(cl, "%s", error->message);
+            return;
+        }
+        __atomic_store_n(&d->fault_timeout_us, us, __ATOMIC_RELAXED);
     } else {
         control_reply_error(cl, "usage: policy background on|off | policy land on|off | "
                                 "policy bandwidth MIB_PER_S (0 = unlimited) | "
@@ -492,15 +522,16 @@ void dest_register_commands(Dest *d, ControlServer *cs)
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
-Dest *dest_new(PageStore *ps, const char *src, bool src_later, double fault_timeout_s,
-               GError **error)
+Dest *dest_new(PageStore *ps, const char *src, const TlsConfig *tls, bool src_later,
+               int64_t fault_timeout_us, GError **error)
 {
     Dest *d = g_new0(Dest, 1);
     d->ps = ps;
+    d->tls = tls;
     d->pullers = g_ptr_array_new_full(DEST_MAX_EXPORTS, (GDestroyNotify)puller_free);
     d->demand = demand_table_new(DEST_PARKED_MAX);
     d->background = true;
-    d->fault_timeout_us = (int64_t)(fault_timeout_s * 1e6);
+    d->fault_timeout_us = fault_timeout_us;
     if (!source_split_address(src, &d->host, &d->port, error)) {
         dest_free(d);
         return NULL;

@@ -7,17 +7,20 @@
 
 #include <glib.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "control.h"
 #include "page-store.h"
+#include "tls-config.h"
 
 typedef struct Dest Dest;
 
 /* Checks that the source answers and lists its exports (exits early with a
  * clear error otherwise); with src_later, a source that does not answer
- * yet is listed at the first map instead. ps must outlive the Dest. */
-Dest *dest_new(PageStore *ps, const char *src, bool src_later, double fault_timeout_s,
-               GError **error);
+ * yet is listed at the first map instead. ps and tls (the link's TLS
+ * settings) must outlive the Dest. */
+Dest *dest_new(PageStore *ps, const char *src, const TlsConfig *tls, bool src_later,
+               int64_t fault_timeout_us, GError **error);
 void dest_register_commands(Dest *d, ControlServer *cs);
 /* Appends "destination" statistics as a JSON object. */
 void dest_status_json(Dest *d, GString *out);

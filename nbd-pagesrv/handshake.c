@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include "limits.h"
 #include "nbd-proto.h"
 #include "server.h"
 
@@ -18,7 +19,7 @@ static bool send_reply(Connection *c, uint32_t opt, uint32_t type, const void *d
     put_be32(hdr + 12, type);
     put_be32(hdr + 16, len);
     struct iovec iov[2] = { { hdr, sizeof hdr }, { (void *)data, len } };
-    if (wire_writev(c->fd, iov, len ? 2 : 1) < 0) {
+    if (wire_writev(&c->wire, iov, len ? 2 : 1) < 0) {
         g_debug("%s: handshake reply to option %u failed: %s", c->peer, opt, g_strerror(errno));
         return false;
     }
@@ -50,7 +51,7 @@ static OptResult opt_export_name(Connection *c, const char *data, uint32_t len)
     unsigned char reply[10 + 124] = { 0 };
     put_be64(reply, e->size);
     put_be16(reply + 8, export_transmission_flags(e));
-    if (wire_write(c->fd, reply, c->no_zeroes ? 10 : sizeof reply) < 0)
+    if (wire_write(&c->wire, reply, c->no_zeroes ? 10 : sizeof reply) < 0)
         return OPT_CLOSE;
     c->export = e;
     return OPT_TRANSMIT;
@@ -243,9 +244,57 @@ static OptResult opt_meta_context(Connection *c, uint32_t opt, const unsigned ch
     return send_reply(c, opt, NBD_REP_ACK, NULL, 0) ? OPT_CONTINUE : OPT_CLOSE;
 }
 
+/* NBD_OPT_STARTTLS: ACK, then the TLS handshake on the same socket; the
+ * negotiation goes on inside TLS, forgetting what was agreed outside it
+ * (proto.md: a client must not rely on it, and an attacker on the path
+ * could have chosen it). */
+static OptResult opt_starttls(Connection *c, uint32_t len)
+{
+    Server *s = c->server;
+    if (!s->tls)
+        return send_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_UNSUP, "TLS is not enabled on this "
+                          "server (nbd-pagesrv --tls-psk FILE or --tls-certificates DIR)")
+                   ? OPT_CONTINUE : OPT_CLOSE;
+    if (len != 0)
+        return send_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no "
+                          "payload, got %u bytes", len)
+                   ? OPT_CONTINUE : OPT_CLOSE;
+    if (c->tls_active)
+        return send_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, "TLS is already on")
+                   ? OPT_CONTINUE : OPT_CLOSE;
+    if (!send_reply(c, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0))
+        return OPT_CLOSE;
+    g_autoptr(GError) error = NULL;
+    if (!tls_server_start(s->tls, &c->wire, &error)) {
+        g_message("%s: %s; closing", c->peer, error->message);
+        return OPT_CLOSE;
+    }
+    c->tls_active = true;
+    c->structured = false;
+    c->meta_base_allocation = false;
+    g_autofree char *how = tls_session_describe(&c->wire);
+    g_debug("%s: TLS is on (%s)", c->peer, how);
+    return OPT_CONTINUE;
+}
+
 static OptResult handle_option(Connection *c, uint32_t opt, unsigned char *data, uint32_t len)
 {
+    /* --tls require: on TCP, a client learns nothing (not even the export
+     * list) and reaches nothing before TLS is up. */
+    if (c->server->tls_mode == TLS_REQUIRE && !c->local && !c->tls_active &&
+        opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT) {
+        if (opt == NBD_OPT_EXPORT_NAME) {
+            g_message("%s: NBD_OPT_EXPORT_NAME without TLS, which this server requires; "
+                      "closing", c->peer);
+            return OPT_CLOSE;
+        }
+        return send_error(c, opt, NBD_REP_ERR_TLS_REQD, "this server requires TLS: connect "
+                          "with nbds:// (tls-psk-file= or tls-certificates=) or --tls-psk")
+                   ? OPT_CONTINUE : OPT_CLOSE;
+    }
     switch (opt) {
+    case NBD_OPT_STARTTLS:
+        return opt_starttls(c, len);
     case NBD_OPT_EXPORT_NAME:
         return opt_export_name(c, (const char *)data, len);
     case NBD_OPT_ABORT:
@@ -274,17 +323,19 @@ static OptResult handle_option(Connection *c, uint32_t opt, unsigned char *data,
     }
 }
 
-bool nbd_handshake(Connection *c)
+/* Read and answer options until the client enters transmission (true) or
+ * leaves, breaks the protocol or runs out of time or options (false). */
+static bool negotiate(Connection *c)
 {
     unsigned char greeting[18];
     put_be64(greeting, NBD_MAGIC);
     put_be64(greeting + 8, NBD_IHAVEOPT);
     put_be16(greeting + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-    if (wire_write(c->fd, greeting, sizeof greeting) < 0)
+    if (wire_write(&c->wire, greeting, sizeof greeting) < 0)
         return false;
 
     unsigned char cf[4];
-    if (wire_read(&c->rd, cf, sizeof cf) < 0)
+    if (wire_read(&c->wire, cf, sizeof cf) < 0)
         return false;
     uint32_t client_flags = get_be32(cf);
     if (client_flags & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) {
@@ -294,9 +345,11 @@ bool nbd_handshake(Connection *c)
     }
     c->no_zeroes = client_flags & NBD_FLAG_C_NO_ZEROES;
 
-    for (;;) {
+    unsigned max_options = LIMIT_OPTIONS_BASE +
+                           LIMIT_OPTIONS_PER_EXPORT * c->server->exports.exports->len;
+    for (unsigned n = 0;; n++) {
         unsigned char hdr[16];
-        if (wire_read(&c->rd, hdr, sizeof hdr) < 0)
+        if (wire_read(&c->wire, hdr, sizeof hdr) < 0)
             return false;
         uint32_t opt = get_be32(hdr + 8), len = get_be32(hdr + 12);
         if (get_be64(hdr) != NBD_IHAVEOPT) {
@@ -304,10 +357,17 @@ bool nbd_handshake(Connection *c)
                       get_be64(hdr));
             return false;
         }
+        if (n >= max_options) {
+            /* Each option costs a reply; a client that never ends the
+             * handshake is not negotiating. */
+            g_message("%s: more than %u options in one handshake; closing", c->peer,
+                      max_options);
+            return false;
+        }
         if (len > NBD_MAX_OPTION) {
             /* Skip what we will not buffer; a client that lied about the
-             * length then fails at the next header. */
-            if (wire_skip(&c->rd, len) < 0)
+             * length then fails at the next header (or the deadline). */
+            if (wire_skip(&c->wire, len) < 0)
                 return false;
             if (opt == NBD_OPT_EXPORT_NAME)
                 return false;
@@ -316,8 +376,12 @@ bool nbd_handshake(Connection *c)
                 return false;
             continue;
         }
-        g_autofree unsigned char *data = g_malloc(len + 1);
-        if (wire_read(&c->rd, data, len) < 0)
+        g_autofree unsigned char *data = g_try_malloc(len + 1);
+        if (!data) {
+            g_warning("%s: out of memory for a %u-byte option payload; closing", c->peer, len);
+            return false;
+        }
+        if (wire_read(&c->wire, data, len) < 0)
             return false;
         data[len] = 0;
         switch (handle_option(c, opt, data, len)) {
@@ -329,4 +393,17 @@ bool nbd_handshake(Connection *c)
             return false;
         }
     }
+}
+
+bool nbd_handshake(Connection *c)
+{
+    /* The whole handshake, TLS included, has one deadline: a peer that
+     * connects and stalls (or trickles) loses its slot. */
+    c->wire.deadline_us = g_get_monotonic_time() + (gint64)c->server->handshake_timeout_s * G_USEC_PER_SEC;
+    bool ok = negotiate(c);
+    if (!ok && g_get_monotonic_time() >= c->wire.deadline_us)
+        g_message("%s: the handshake was not over within %d s; closing", c->peer,
+                  c->server->handshake_timeout_s);
+    c->wire.deadline_us = 0;
+    return ok;
 }

@@ -52,11 +52,11 @@ uint64_t latency_hist_quantile(const LatencyHist *h, double q)
     for (unsigned b = 0; b < LATENCY_BUCKETS; b++) {
         seen += __atomic_load_n(&h->bucket[b], __ATOMIC_RELAXED);
         if (seen > rank) {
-            uint64_t upper = bucket_upper(b), max = h->max_us;
+            uint64_t upper = bucket_upper(b), max = __atomic_load_n(&h->max_us, __ATOMIC_RELAXED);
             return upper < max ? upper : max;
         }
     }
-    return h->max_us;
+    return __atomic_load_n(&h->max_us, __ATOMIC_RELAXED);
 }
 
 void latency_hist_to_json(const LatencyHist *h, GString *out)

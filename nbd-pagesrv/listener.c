@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <glib-unix.h>
+#include <glib/gstdio.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -20,6 +21,43 @@ struct Listener {
     guint source;
     uint64_t accepted;
 };
+
+bool unix_peer_trusted(int fd, char *who, size_t who_size)
+{
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        g_snprintf(who, who_size, "a peer whose credentials cannot be read (%s)",
+                   g_strerror(errno));
+        return false;
+    }
+    g_snprintf(who, who_size, "uid %u (pid %d)", (unsigned)cred.uid, (int)cred.pid);
+    return cred.uid == 0 || cred.uid == geteuid();
+}
+
+/* The directory a socket goes in: created 0700 if missing. One that others
+ * may write to (and that is not sticky, like /tmp) lets them replace the
+ * socket with their own: warned about, since it is the user's to fix. */
+static bool socket_directory(const char *path, GError **error)
+{
+    g_autofree char *dir = g_path_get_dirname(path);
+    struct stat st;
+    if (stat(dir, &st) < 0) {
+        if (errno != ENOENT || g_mkdir_with_parents(dir, 0700) < 0) {
+            int err = errno;
+            g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err),
+                        "cannot create the directory %s for socket %s: %s", dir, path,
+                        g_strerror(err));
+            return false;
+        }
+        return true;
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))
+        g_warning("socket %s is in %s, which users other than its owner may write to: they "
+                  "could replace the socket; use a directory only root can write (chmod 0700)",
+                  path, dir);
+    return true;
+}
 
 int listen_unix(const char *path, GError **error)
 {
@@ -51,13 +89,26 @@ int listen_unix(const char *path, GError **error)
             close(probe);
         unlink(path);
     }
+    if (!socket_directory(path, error))
+        return -1;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 64) < 0) {
+    /* Connecting needs write permission on the socket file: created 0600
+     * (the umask applies to bind; no other thread creates files while the
+     * daemon starts listening), so only its owner and root can. */
+    int rc = -1;
+    if (fd >= 0) {
+        mode_t old = umask(0177);
+        rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+        umask(old);
+    }
+    if (rc < 0 || chmod(path, 0600) < 0 || listen(fd, 64) < 0) {
         int err = errno;
         g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err),
                     "cannot listen on Unix socket %s: %s", path, g_strerror(err));
         if (fd >= 0)
             close(fd);
+        if (rc == 0)
+            unlink(path);
         return -1;
     }
     return fd;
@@ -133,6 +184,13 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
     l->accepted++;
     char peer[160];
     if (l->is_unix) {
+        char who[96];
+        if (!unix_peer_trusted(cfd, who, sizeof who)) {
+            g_warning("refusing a connection on %s from %s: only root and the daemon's own "
+                      "user may use it", l->what, who);
+            close(cfd);
+            return G_SOURCE_CONTINUE;
+        }
         g_snprintf(peer, sizeof peer, "%s#%" G_GUINT64_FORMAT, l->what, l->accepted);
     } else {
         char h[NI_MAXHOST] = "?", p[NI_MAXSERV] = "?";
@@ -149,7 +207,7 @@ static gboolean on_accept(gint fd, GIOCondition cond, gpointer data)
                       "go unnoticed for minutes", h, p, g_strerror(errno));
         g_snprintf(peer, sizeof peer, "%s:%s", h, p);
     }
-    server_add_connection(l->server, cfd, peer);
+    server_add_connection(l->server, cfd, peer, l->is_unix);
     return G_SOURCE_CONTINUE;
 }
 

@@ -6,7 +6,11 @@
  * This file parses options, builds the exports, and runs the GLib main loop
  * until SIGINT/SIGTERM; the protocol lives in handshake.c/transmission.c. */
 #include <errno.h>
+#include <arpa/inet.h>
 #include <glib-unix.h>
+#include <malloc.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -18,8 +22,10 @@
 #include "file-export.h"
 #include "listener.h"
 #include "page-store-export.h"
+#include "seconds-arg.h"
 #include "server.h"
 #include "size-arg.h"
+#include "tls-config.h"
 
 typedef struct {
     /* Options. */
@@ -34,13 +40,18 @@ typedef struct {
     char **export_specs;
     char *src;
     gboolean src_later;
-    double fault_timeout_s;
+    char *fault_timeout_arg;
+    int64_t fault_timeout_us;
+    gint max_connections;
+    char *handshake_timeout_arg;
+    char *tls_arg, *tls_psk, *tls_certificates, *tls_username;
     gboolean exit_when_idle;
     gboolean no_mlock;
     gboolean verbose;
     gint stats_interval;
 
     /* Running state. */
+    TlsConfig tls;                 /* the source link's TLS, both roles */
     Server server;
     GPtrArray *listeners;          /* of Listener* */
     ControlServer *control;
@@ -93,20 +104,23 @@ static void cmd_stats(ControlClient *cl, int argc, char **argv, gpointer data)
 
 static void log_stats(App *app, const char *when)
 {
+    /* Connection threads update the counters as this reads them. */
+#define L(x) __atomic_load_n(&s->x, __ATOMIC_RELAXED)
     ServerStats *s = &app->server.stats;
     g_message("statistics %s: %" G_GUINT64_FORMAT " connections; requests: read %"
               G_GUINT64_FORMAT ", write %" G_GUINT64_FORMAT ", flush %" G_GUINT64_FORMAT
               ", trim %" G_GUINT64_FORMAT ", write_zeroes %" G_GUINT64_FORMAT ", other %"
               G_GUINT64_FORMAT ", errors %" G_GUINT64_FORMAT "; %.1f MiB read, %.1f MiB "
               "written; latency p50 %" G_GUINT64_FORMAT " us, p99 %" G_GUINT64_FORMAT
-              " us, max %" G_GUINT64_FORMAT " us", when, s->connections_total,
-              s->requests[NBD_CMD_READ], s->requests[NBD_CMD_WRITE], s->requests[NBD_CMD_FLUSH],
-              s->requests[NBD_CMD_TRIM], s->requests[NBD_CMD_WRITE_ZEROES],
-              s->requests[NBD_CMD_CACHE] + s->requests[NBD_CMD_BLOCK_STATUS] +
-                  s->requests[NBD_CMD_DISC] + s->requests_invalid,
-              s->errors, (double)s->bytes_read / 1048576.0,
-              (double)s->bytes_written / 1048576.0, latency_hist_quantile(&s->latency, 0.5),
-              latency_hist_quantile(&s->latency, 0.99), s->latency.max_us);
+              " us, max %" G_GUINT64_FORMAT " us", when, L(connections_total),
+              L(requests[NBD_CMD_READ]), L(requests[NBD_CMD_WRITE]), L(requests[NBD_CMD_FLUSH]),
+              L(requests[NBD_CMD_TRIM]), L(requests[NBD_CMD_WRITE_ZEROES]),
+              L(requests[NBD_CMD_CACHE]) + L(requests[NBD_CMD_BLOCK_STATUS]) +
+                  L(requests[NBD_CMD_DISC]) + L(requests_invalid),
+              L(errors), (double)L(bytes_read) / 1048576.0,
+              (double)L(bytes_written) / 1048576.0, latency_hist_quantile(&s->latency, 0.5),
+              latency_hist_quantile(&s->latency, 0.99), L(latency.max_us));
+#undef L
 }
 
 static gboolean on_quit_signal(gpointer data)
@@ -147,7 +161,7 @@ static bool add_swap_device(App *app, GError **error)
     export_set_add(&app->server.exports,
                    page_store_export_new(app->name ? app->name : "swap", ps, size));
     if (app->src) {
-        app->dest = dest_new(ps, app->src, app->src_later, app->fault_timeout_s, error);
+        app->dest = dest_new(ps, app->src, &app->tls, app->src_later, app->fault_timeout_us, error);
         if (!app->dest)
             return false;
     }
@@ -194,6 +208,23 @@ static gboolean check_idle(gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
+/* True if the listening socket fd is bound to a loopback address only. */
+static bool bound_to_loopback(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return false;
+    if (ss.ss_family == AF_INET)
+        return (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
+    if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) ||
+               (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
+}
+
 static bool start_listening(App *app, GError **error)
 {
     for (char **p = app->sockets; p && *p; p++) {
@@ -208,7 +239,17 @@ static bool start_listening(App *app, GError **error)
         if (fd < 0)
             return false;
         g_ptr_array_add(app->listeners, listener_new(&app->server, fd, *p, FALSE));
-        g_message("serving NBD on TCP %s", *p);
+        g_message("serving NBD on TCP %s (TLS %s%s)", *p, tls_mode_name(app->tls.mode),
+                  app->tls.psk_file ? ", pre-shared key" : app->tls.cert_dir ? ", X.509" : "");
+        /* Warned about, not refused: a dedicated migration link or VPN is
+         * a legitimate place for plaintext, and a patched QEMU listens on
+         * 0.0.0.0 by default (docs/security.md). */
+        if (app->tls.mode != TLS_REQUIRE && !bound_to_loopback(fd))
+            g_warning("!!! %s is reachable from other hosts and TLS is %s: anyone who can reach "
+                      "it can %s, and anyone on the path can read and rewrite the pages; give "
+                      "--tls-psk FILE (or --tls-certificates DIR) on both ends, or listen on "
+                      "127.0.0.1 !!!", *p, app->tls.mode == TLS_ON ? "optional" : "off",
+                      app->export_specs ? "read the guest's memory" : "use the swap device");
     }
     if (app->control_path) {
         app->control = control_server_new(app->control_path, error);
@@ -246,11 +287,27 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
           "Destination role: pull mapped pages from the source at HOST:PORT", "HOST:PORT" },
         { "src-later", 0, 0, G_OPTION_ARG_NONE, &app->src_later,
           "With --src: the source may start later; list its exports at the first map", NULL },
-        { "fault-timeout", 0, 0, G_OPTION_ARG_DOUBLE, &app->fault_timeout_s,
+        { "fault-timeout", 0, 0, G_OPTION_ARG_STRING, &app->fault_timeout_arg,
           "Seconds a read waits for a missing page before EIO, and an NBD handshake with "
           "the source may take (default: 60)", "SECS" },
+        { "max-connections", 0, 0, G_OPTION_ARG_INT, &app->max_connections,
+          "NBD connections served at once; more are closed at accept (default: 128)", "N" },
+        { "handshake-timeout", 0, 0, G_OPTION_ARG_STRING, &app->handshake_timeout_arg,
+          "Seconds a client may take from connecting to entering transmission, TLS "
+          "included (default: 30)", "SECS" },
         { "exit-when-idle", 0, 0, G_OPTION_ARG_NONE, &app->exit_when_idle,
           "Source role: exit once the destination has said it has every page and every client has gone", NULL },
+        { "tls", 0, 0, G_OPTION_ARG_STRING, &app->tls_arg,
+          "TLS on the source link: require (default with a key or certificates), on "
+          "(optional) or off", "MODE" },
+        { "tls-psk", 0, 0, G_OPTION_ARG_FILENAME, &app->tls_psk,
+          "Pre-shared key file (psktool's format) for the source link, the same on both ends",
+          "FILE" },
+        { "tls-certificates", 0, 0, G_OPTION_ARG_FILENAME, &app->tls_certificates,
+          "Directory of ca-cert.pem and server-cert.pem/server-key.pem (source) or "
+          "client-cert.pem/client-key.pem (destination)", "DIR" },
+        { "tls-username", 0, 0, G_OPTION_ARG_STRING, &app->tls_username,
+          "Destination: the PSK identity to use (default: the key file's first)", "NAME" },
         { "control", 0, 0, G_OPTION_ARG_FILENAME, &app->control_path,
           "Control socket (statistics, mappings; see docs/control-protocol.md)", "PATH" },
         { "stats-interval", 0, 0, G_OPTION_ARG_INT, &app->stats_interval,
@@ -299,13 +356,42 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
                     "--src-later goes with --src HOST:PORT (the source that comes up later)");
         return false;
     }
-    if (app->fault_timeout_s < 0) {
+    app->fault_timeout_us = 60 * G_USEC_PER_SEC;
+    if (app->fault_timeout_arg &&
+        !parse_seconds("--fault-timeout", app->fault_timeout_arg, &app->fault_timeout_us, error))
+        return false;
+    if (app->handshake_timeout_arg) {
+        int64_t us;
+        if (!parse_seconds("--handshake-timeout", app->handshake_timeout_arg, &us, error))
+            return false;
+        /* Whole seconds, at least one: the deadline is kept in seconds. */
+        app->server.handshake_timeout_s = (int)MAX(1, (us + G_USEC_PER_SEC - 1) / G_USEC_PER_SEC);
+    }
+    if (app->max_connections < 0 || app->max_connections > 65536) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
-                    "--fault-timeout must be positive");
+                    "--max-connections %d: give a number from 1 to 65536", app->max_connections);
         return false;
     }
-    if (app->fault_timeout_s == 0)
-        app->fault_timeout_s = 60;
+    if (app->max_connections > 0)
+        app->server.max_connections = (unsigned)app->max_connections;
+    /* The server side of TLS serves TCP clients; the client side is the
+     * destination's link to its source. */
+    if (!tls_config_init(&app->tls, app->tls_arg, app->tls_psk, app->tls_certificates,
+                         app->tls_username, app->listens != NULL, app->src != NULL, error))
+        return false;
+    if (tls_config_enabled(&app->tls) && !app->listens && !app->src) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                    "TLS is for the link between source and destination: give --listen "
+                    "HOST:PORT (source) or --src HOST:PORT (destination); Unix sockets are "
+                    "protected by their mode");
+        return false;
+    }
+    if (tls_config_enabled(&app->tls) && app->listens) {
+        app->server.tls = tls_server_new(&app->tls, error);
+        if (!app->server.tls)
+            return false;
+        app->server.tls_mode = app->tls.mode;
+    }
     if (!app->sockets && !app->listens) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
                     "no address to serve on: give --socket PATH and/or --listen HOST:PORT");
@@ -339,6 +425,13 @@ static void app_free(App *app)
     g_free(app->control_path);
     g_strfreev(app->export_specs);
     g_free(app->src);
+    g_free(app->fault_timeout_arg);
+    g_free(app->tls_arg);
+    g_free(app->tls_psk);
+    g_free(app->tls_certificates);
+    g_free(app->tls_username);
+    tls_config_clear(&app->tls);
+    g_free(app->handshake_timeout_arg);
 }
 
 int main(int argc, char **argv)
@@ -348,6 +441,10 @@ int main(int argc, char **argv)
     g_set_prgname("nbd-pagesrv");
     /* A client that vanishes must cost us an EPIPE, not the process. */
     signal(SIGPIPE, SIG_IGN);
+    /* Request buffers (up to 32 MiB, sized by peers) come from mmap and go
+     * back to the system when freed: glibc otherwise raises this threshold
+     * after the first large free and keeps later ones in its heap. */
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 
     server_init(&app.server);
     app.listeners = g_ptr_array_new_with_free_func((GDestroyNotify)listener_free);

@@ -31,6 +31,12 @@ static inline uint64_t remote_payload(unsigned export_id, uint64_t page)
     return (uint64_t)export_id << REMOTE_EXPORT_SHIFT | page;
 }
 
+/* Every change of a slot is made under its lock, but some readers look
+ * without it (page_store_slot_kind, block status, the read path's "may
+ * this block?"), with atomic loads: so every store is atomic too, or those
+ * loads race with it. Reads under the lock may stay plain. */
+#define SLOT_SET(ps, s, v) __atomic_store_n(&(ps)->slot[s], (v), __ATOMIC_RELAXED)
+
 struct PageStore {
     uint64_t size;
     uint64_t nslots;
@@ -346,7 +352,7 @@ static void slot_forget(PageStore *ps, uint64_t s)
     case SLOT_EMPTY:
         break;
     }
-    ps->slot[s] = 0;
+    SLOT_SET(ps, s, 0);
 }
 
 /* Frees whatever slot `s` holds and leaves it EMPTY. Caller holds its lock. */
@@ -378,7 +384,7 @@ static bool slot_store_marker(PageStore *ps, uint64_t s, const unsigned char *pa
         cookie != __atomic_load_n(&ps->marker_cookie, __ATOMIC_RELAXED))
         return false;
     slot_clear(ps, s);
-    ps->slot[s] = make_entry(SLOT_MARKER, index);
+    SLOT_SET(ps, s, make_entry(SLOT_MARKER, index));
     __atomic_add_fetch(&ps->n_marker, 1, __ATOMIC_RELAXED);
     return true;
 }
@@ -410,7 +416,7 @@ static int slot_store(PageStore *ps, uint64_t s, const unsigned char *page)
     if (idx != UINT64_MAX) {
         memcpy(pool_page(ps, idx), page, PAGE_SIZE_BYTES);
         slot_clear(ps, s);
-        ps->slot[s] = make_entry(SLOT_RAM, idx);
+        SLOT_SET(ps, s, make_entry(SLOT_RAM, idx));
         __atomic_add_fetch(&ps->n_ram, 1, __ATOMIC_RELAXED);
         return 0;
     }
@@ -418,7 +424,7 @@ static int slot_store(PageStore *ps, uint64_t s, const unsigned char *page)
     if (err)
         return err;
     slot_clear(ps, s);
-    ps->slot[s] = make_entry(SLOT_FILE, 0);
+    SLOT_SET(ps, s, make_entry(SLOT_FILE, 0));
     __atomic_add_fetch(&ps->n_file, 1, __ATOMIC_RELAXED);
     return 0;
 }
@@ -484,7 +490,7 @@ static int resolve_remote(PageStore *ps, uint64_t s, GMutex *lock, unsigned char
         if (kind_of(e) == SLOT_REMOTE) {
             __atomic_sub_fetch(&ps->n_remote, 1, __ATOMIC_RELAXED);
             __atomic_add_fetch(&ps->n_landed, 1, __ATOMIC_RELAXED);
-            ps->slot[s] = make_entry(SLOT_LANDED, payload_of(e));
+            SLOT_SET(ps, s, make_entry(SLOT_LANDED, payload_of(e)));
         }
         *served = true;
         return 0;
@@ -726,7 +732,7 @@ static bool map_batch(PageStore *ps, uint64_t slot, uint64_t n, unsigned export_
         was[k]++;
     }
     for (uint64_t i = 0; i < n; i++)
-        ps->slot[slot + i] = make_entry(SLOT_REMOTE, remote_payload(export_id, page + i));
+        SLOT_SET(ps, slot + i, make_entry(SLOT_REMOTE, remote_payload(export_id, page + i)));
     __atomic_add_fetch(&ps->n_remote, n - was[SLOT_REMOTE], __ATOMIC_RELAXED);
     __atomic_sub_fetch(&ps->n_marker, was[SLOT_MARKER], __ATOMIC_RELAXED);
     __atomic_sub_fetch(&ps->n_landed, was[SLOT_LANDED], __ATOMIC_RELAXED);

@@ -59,7 +59,7 @@ static struct nbd_handle *connect_retry(Puller *p, const char *role, bool *conne
     g_autofree char *said = NULL;  /* the last failure logged: each new one is, once */
     while (!stopping(p)) {
         g_autoptr(GError) err = NULL;
-        struct nbd_handle *h = source_connect(d->host, d->port, p->name, &p->source,
+        struct nbd_handle *h = source_connect(d->host, d->port, d->tls, p->name, &p->source,
                                                   dest_handshake_timeout_ms(d), &err);
         if (h) {
             if (!first || after_loss)
@@ -122,7 +122,7 @@ static void demand_finish(Puller *p, DemandEntry *e, const unsigned char *data, 
     bool landing = dest_landing(d);
     if (!err) {
         memcpy(e->data, data, PAGE_SIZE_BYTES);
-        uint64_t slot = p->rev[e->page];
+        uint64_t slot = __atomic_load_n(&p->rev[e->page], __ATOMIC_ACQUIRE);
         if (slot && !landing)
             page_store_fill_remote(d->ps, slot - 1, p->id, e->page, e->data);
         __atomic_add_fetch(&d->demand_pages, 1, __ATOMIC_RELAXED);
@@ -340,7 +340,7 @@ static int page_is_zero_range(Puller *p, struct nbd_handle *h, StatusWindow *w, 
 static void install_zero_page(Puller *p, uint64_t page)
 {
     static const unsigned char zero[PAGE_SIZE_BYTES];
-    uint64_t slot = p->rev[page];
+    uint64_t slot = __atomic_load_n(&p->rev[page], __ATOMIC_ACQUIRE);
     if (slot && page_store_fill_remote(p->dest->ps, slot - 1, p->id, page, zero))
         __atomic_add_fetch(&p->dest->zero_pages, 1, __ATOMIC_RELAXED);
 }
@@ -401,7 +401,8 @@ static void chunk_install(Chunk *c)
     Puller *p = c->p;
     uint64_t installed = 0;
     for (uint64_t i = 0; i < c->n; i++) {
-        uint64_t page = c->first + i, slot = p->rev[page];
+        /* dest_map (main thread) may be filling in rev[] meanwhile. */
+        uint64_t page = c->first + i, slot = __atomic_load_n(&p->rev[page], __ATOMIC_ACQUIRE);
         if (slot && page_store_fill_remote(p->dest->ps, slot - 1, p->id, page,
                                            c->buf + i * PAGE_SIZE_BYTES))
             installed++;

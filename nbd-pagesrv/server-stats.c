@@ -35,9 +35,11 @@ void server_stats_to_json(const ServerStats *s, GString *out)
 {
     g_string_append_printf(out,
         "\"uptime_s\":%.3f,\"connections\":{\"current\":%" G_GUINT64_FORMAT
-        ",\"total\":%" G_GUINT64_FORMAT "},\"requests\":{",
+        ",\"total\":%" G_GUINT64_FORMAT ",\"refused\":%" G_GUINT64_FORMAT
+        ",\"handshakes_failed\":%" G_GUINT64_FORMAT "},\"requests\":{",
         (double)(g_get_monotonic_time() - s->started_us) / 1e6,
-        LOAD(s->connections_current), LOAD(s->connections_total));
+        LOAD(s->connections_current), LOAD(s->connections_total),
+        LOAD(s->connections_refused), LOAD(s->handshakes_failed));
     for (unsigned i = 0; i < NBD_CMD_COUNT; i++)
         g_string_append_printf(out, "\"%s\":%" G_GUINT64_FORMAT ",", cmd_names[i],
                                LOAD(s->requests[i]));

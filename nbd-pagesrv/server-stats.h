@@ -12,6 +12,8 @@ typedef struct {
     gint64 started_us;                 /* g_get_monotonic_time() at reset */
     uint64_t connections_current;
     uint64_t connections_total;
+    uint64_t connections_refused;      /* over --max-connections */
+    uint64_t handshakes_failed;        /* closed before transmission */
     uint64_t requests[NBD_CMD_COUNT];
     uint64_t requests_invalid;         /* unknown command or malformed */
     uint64_t errors;                   /* replies with a non-zero error */

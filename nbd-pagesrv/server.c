@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "limits.h"
 #include "server.h"
 
 #define CONN_STACK_SIZE (256 * 1024)   /* small: the daemon mlocks its memory */
@@ -18,12 +19,18 @@ void server_init(Server *s)
     g_mutex_init(&s->lock);
     g_cond_init(&s->conns_cond);
     s->conns = g_ptr_array_new();
+    s->max_connections = LIMIT_CONNECTIONS_DEFAULT;
+    s->handshake_timeout_s = LIMIT_HANDSHAKE_SECONDS;
+    byte_budget_init(&s->inflight, LIMIT_SERVER_INFLIGHT);
     s->blocking_pool = g_thread_pool_new(nbd_blocking_read_job, NULL, BLOCKING_WORKERS, FALSE, NULL);
 }
 
 static void connection_free(Connection *c)
 {
+    tls_session_end(&c->wire);
     close(c->fd);
+    wire_clear(&c->wire);
+    byte_budget_clear(&c->inflight);
     g_free(c->peer);
     g_free(c->buf);
     g_mutex_clear(&c->send_lock);
@@ -38,9 +45,12 @@ static void *connection_main(void *arg)
     Server *s = c->server;
     g_debug("%s: connected", c->peer);
     if (nbd_handshake(c)) {
-        g_debug("%s: serving export '%s'%s", c->peer, c->export->name,
-                c->structured ? " with structured replies" : "");
+        g_autofree char *how = tls_session_describe(&c->wire);
+        g_debug("%s: serving export '%s'%s (%s)", c->peer, c->export->name,
+                c->structured ? " with structured replies" : "", how);
         nbd_transmission(c);
+    } else {
+        stat_inc(&s->stats.handshakes_failed, 1);
     }
     g_debug("%s: disconnected", c->peer);
     g_mutex_lock(&s->lock);
@@ -52,20 +62,36 @@ static void *connection_main(void *arg)
     return NULL;
 }
 
-void server_add_connection(Server *s, int fd, const char *peer)
+void server_add_connection(Server *s, int fd, const char *peer, bool local)
 {
     Connection *c = g_new0(Connection, 1);
     c->server = s;
     c->fd = fd;
+    c->local = local;
     c->peer = g_strdup(peer);
-    wire_reader_init(&c->rd, fd);
+    wire_init(&c->wire, fd);
     g_mutex_init(&c->send_lock);
     g_mutex_init(&c->pending_lock);
     g_cond_init(&c->pending_cond);
+    byte_budget_init(&c->inflight, LIMIT_CONN_INFLIGHT);
 
     g_mutex_lock(&s->lock);
     if (s->stopping) {
         g_mutex_unlock(&s->lock);
+        connection_free(c);
+        return;
+    }
+    if (s->conns->len >= s->max_connections) {
+        /* Each connection costs a thread and its buffers: past the cap a
+         * flood of connections is closed at once. Logged sparingly, since
+         * a flood would flood the log too. */
+        uint64_t n = ++s->refused_logged;
+        g_mutex_unlock(&s->lock);
+        stat_inc(&s->stats.connections_refused, 1);
+        if (n <= 3 || n % 1000 == 0)
+            g_warning("refusing the connection from %s: %u connections are open, the most "
+                      "allowed (--max-connections); %" G_GUINT64_FORMAT " refused so far",
+                      peer, s->max_connections, n);
         connection_free(c);
         return;
     }
@@ -92,6 +118,8 @@ void server_shutdown(Server *s)
 {
     g_mutex_lock(&s->lock);
     s->stopping = true;
+    /* Readers waiting for buffer space give up. */
+    byte_budget_stop(&s->inflight);
     /* Wake every reader; each thread then unregisters itself. */
     for (guint i = 0; i < s->conns->len; i++)
         shutdown(((Connection *)g_ptr_array_index(s->conns, i))->fd, SHUT_RDWR);
@@ -106,9 +134,12 @@ void server_clear(Server *s)
         g_thread_pool_free(s->blocking_pool, TRUE, TRUE);
     s->blocking_pool = NULL;
     export_set_clear(&s->exports);
+    tls_server_free(s->tls);
+    s->tls = NULL;
     if (s->conns)
         g_ptr_array_unref(s->conns);
     s->conns = NULL;
     g_mutex_clear(&s->lock);
     g_cond_clear(&s->conns_cond);
+    byte_budget_clear(&s->inflight);
 }

@@ -8,8 +8,10 @@
 #include <pthread.h>
 #include <stdbool.h>
 
+#include "byte-budget.h"
 #include "export.h"
 #include "server-stats.h"
+#include "tls.h"
 #include "wire.h"
 
 typedef struct Server Server;
@@ -18,10 +20,12 @@ typedef struct Connection {
     Server *server;
     int fd;
     char *peer;                   /* for log messages */
+    bool local;                   /* a Unix socket: TLS is never required */
     pthread_t thread;
-    WireReader rd;
+    Wire wire;
 
     /* Negotiated in the handshake. */
+    bool tls_active;              /* STARTTLS done: the wire has a TLS layer */
     Export *export;
     bool no_zeroes;
     bool structured;
@@ -30,14 +34,17 @@ typedef struct Connection {
     /* Replies are written by the reader thread and by worker threads
      * (reads that wait for the source); one reply at a time. */
     GMutex send_lock;
-    bool send_failed;
+    bool send_failed;             /* atomic: set under send_lock, read anywhere */
 
     /* Requests handed to workers and not yet answered. */
     GMutex pending_lock;
     GCond pending_cond;
     unsigned pending;
+    ByteBudget inflight;          /* their buffers (LIMIT_CONN_INFLIGHT) */
 
-    unsigned char *buf;           /* reader thread's payload buffer */
+    /* The reader thread's buffer for inline reads and write payloads,
+     * taken in pieces: never larger than LIMIT_CONN_BUFFER. */
+    unsigned char *buf;
     size_t buf_size;
 } Connection;
 
@@ -51,6 +58,16 @@ struct Server {
     GCond conns_cond;
     bool stopping;
 
+    /* Limits (limits.h); set before the first connection. */
+    unsigned max_connections;
+    int handshake_timeout_s;
+    ByteBudget inflight;          /* worker read buffers, all connections */
+    /* TLS on the server side: NULL, or the credentials STARTTLS uses;
+     * tls_mode says whether TCP clients must use it. */
+    TlsServer *tls;
+    TlsMode tls_mode;
+    uint64_t refused_logged;      /* under lock: refusals logged so far */
+
     /* A destination sent the completion message (atomic). */
     bool destination_done;
     /* A destination said it is ready for the migration (atomic). */
@@ -58,8 +75,9 @@ struct Server {
 };
 
 void server_init(Server *s);
-/* Takes ownership of fd: serves it on a new thread. */
-void server_add_connection(Server *s, int fd, const char *peer);
+/* Takes ownership of fd: serves it on a new thread. local: a Unix socket
+ * (access checked by its mode and SO_PEERCRED; TLS never required). */
+void server_add_connection(Server *s, int fd, const char *peer, bool local);
 /* Disconnect every client and wait for their threads to finish. */
 void server_shutdown(Server *s);
 void server_clear(Server *s);

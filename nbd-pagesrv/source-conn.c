@@ -120,14 +120,28 @@ static char *identity_of(struct nbd_handle *h)
     return g_strdup(desc + strlen(SWAPCOPY_IDENTITY_PREFIX));
 }
 
-struct nbd_handle *source_connect(const char *host, const char *port, const char *name,
-                                  const SourceExport *expect, int timeout_ms, GError **error)
+/* A libnbd handle set up for the source's TLS; NULL with *error. */
+static struct nbd_handle *handle_new(const TlsConfig *tls, GError **error)
 {
     struct nbd_handle *h = nbd_create();
     if (!h) {
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "libnbd: %s", nbd_get_error());
         return NULL;
     }
+    if (!tls_config_apply_libnbd(tls, h, error)) {
+        nbd_close(h);
+        return NULL;
+    }
+    return h;
+}
+
+struct nbd_handle *source_connect(const char *host, const char *port, const TlsConfig *tls,
+                                  const char *name, const SourceExport *expect, int timeout_ms,
+                                  GError **error)
+{
+    struct nbd_handle *h = handle_new(tls, error);
+    if (!h)
+        return NULL;
     gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
     g_autoptr(GError) why = NULL;
     /* Pages are always fully overwritten by the reply: skip libnbd's
@@ -190,25 +204,31 @@ static bool opt_run(struct nbd_handle *h, bool list, GPtrArray *names, gint64 de
     if (!handshake_wait(h, opt_completed, &op, deadline, timeout_ms, error))
         return false;
     if (op.err) {
-        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s", g_strerror(op.err));
+        /* A source that requires TLS answers every option but STARTTLS
+         * with NBD_REP_ERR_TLS_REQD, which libnbd reports as ENOTSUP. */
+        g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s%s", g_strerror(op.err),
+                    op.err == ENOTSUP && nbd_get_tls_negotiated(h) != 1
+                        ? " (does the source require TLS? give this end the same --tls-psk "
+                          "FILE or --tls-certificates DIR)" : "");
         return false;
     }
     return true;
 }
 
-GHashTable *source_list_exports(const char *host, const char *port, int timeout_ms,
-                                GError **error)
+GHashTable *source_list_exports(const char *host, const char *port, const TlsConfig *tls,
+                                int timeout_ms, GError **error)
 {
     GHashTable *sizes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                               (GDestroyNotify)source_export_free);
     g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
     gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
     g_autoptr(GError) why = NULL;
-    struct nbd_handle *h = nbd_create();
-    if (!h || nbd_set_opt_mode(h, true) < 0 || nbd_set_full_info(h, true) < 0 ||
-        nbd_aio_connect_tcp(h, host, port) < 0)
-        g_set_error(&why, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s",
-                    h ? nbd_get_error() : "out of memory");
+    struct nbd_handle *h = handle_new(tls, &why);
+    if (!h)
+        ;   /* why says it */
+    else if (nbd_set_opt_mode(h, true) < 0 || nbd_set_full_info(h, true) < 0 ||
+             nbd_aio_connect_tcp(h, host, port) < 0)
+        g_set_error(&why, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s", nbd_get_error());
     else if (handshake_wait(h, is_negotiating, NULL, deadline, timeout_ms, &why))
         opt_run(h, true, names, deadline, timeout_ms, &why);
     if (why) {
@@ -253,17 +273,18 @@ fail:
     return NULL;
 }
 
-int source_tell(const char *host, const char *port, const char *word, int timeout_ms,
-                GError **error)
+int source_tell(const char *host, const char *port, const TlsConfig *tls, const char *word,
+                int timeout_ms, GError **error)
 {
     gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
     g_autoptr(GError) why = NULL;
     int result = -1;
-    struct nbd_handle *h = nbd_create();
-    if (!h || nbd_set_opt_mode(h, true) < 0 || nbd_set_export_name(h, word) < 0 ||
-        nbd_aio_connect_tcp(h, host, port) < 0) {
-        g_set_error(&why, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s",
-                    h ? nbd_get_error() : "out of memory");
+    struct nbd_handle *h = handle_new(tls, &why);
+    if (!h) {
+        ;   /* why says it */
+    } else if (nbd_set_opt_mode(h, true) < 0 || nbd_set_export_name(h, word) < 0 ||
+               nbd_aio_connect_tcp(h, host, port) < 0) {
+        g_set_error(&why, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s", nbd_get_error());
     } else if (handshake_wait(h, is_negotiating, NULL, deadline, timeout_ms, &why)) {
         OptOp op = { 0 };
         if (nbd_aio_opt_info(h, (nbd_completion_callback){ .callback = opt_done,

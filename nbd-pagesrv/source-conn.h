@@ -9,6 +9,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "tls-config.h"
+
 /* What a source says about one of its exports. */
 typedef struct {
     uint64_t size;
@@ -16,26 +18,30 @@ typedef struct {
 } SourceExport;
 void source_export_free(SourceExport *se);
 
-/* Connect to export `name` at host:port; asks for base:allocation. A
+/* Every function here connects with the TLS settings tls (NULL or mode
+ * off: plaintext), through libnbd.
+ *
+ * Connect to export `name` at host:port; asks for base:allocation. A
  * handshake not done within timeout_ms fails. If `expect` is given, the
  * export must have its size and (if it had one) identity: a source that
  * restarted with other RAM is refused, since its pages are not ours.
  * Returns NULL with *error set. */
-struct nbd_handle *source_connect(const char *host, const char *port, const char *name,
-                                  const SourceExport *expect, int timeout_ms, GError **error);
+struct nbd_handle *source_connect(const char *host, const char *port, const TlsConfig *tls,
+                                  const char *name, const SourceExport *expect, int timeout_ms,
+                                  GError **error);
 
 /* List the source's exports: name -> SourceExport*. The whole exchange
  * must be done within timeout_ms. */
-GHashTable *source_list_exports(const char *host, const char *port, int timeout_ms,
-                                GError **error);
+GHashTable *source_list_exports(const char *host, const char *port, const TlsConfig *tls,
+                                int timeout_ms, GError **error);
 
-/* Give the source one of swapcopy's words (nbd-proto.h): word is
- * SWAPCOPY_DONE_EXPORT (this destination has every page, or its swap
- * device is gone) or SWAPCOPY_READY_EXPORT (ready for the migration). 1:
- * the source noted it; 0: the source does not know the word (not an
- * nbd-pagesrv); -1 with *error: not delivered (retry). */
-int source_tell(const char *host, const char *port, const char *word, int timeout_ms,
-                GError **error);
+/* Give the source one of swapcopy's words (nbd-proto.h), over TLS if tls
+ * says so: word is SWAPCOPY_DONE_EXPORT (this destination has every page,
+ * or its swap device is gone) or SWAPCOPY_READY_EXPORT (ready for the
+ * migration). 1: the source noted it; 0: the source does not know the word
+ * (not an nbd-pagesrv); -1 with *error: not delivered (retry). */
+int source_tell(const char *host, const char *port, const TlsConfig *tls, const char *word,
+                int timeout_ms, GError **error);
 
 /* Wait up to timeout_ms for the handle (or the wake eventfd) and let libnbd
  * make progress. Returns 0, or -1 if the connection is dead. */

@@ -2,13 +2,22 @@
  * it (validate_request), carry it out (handle_request), answer. Requests
  * are served in order on the connection's own thread, except reads that
  * may wait for the migration source: those go to a worker so that later
- * requests on the same connection are not held up behind them. */
+ * requests on the same connection are not held up behind them.
+ *
+ * A request is checked before any of its payload is read, and what a
+ * peer's numbers make us hold is bounded (limits.h): payloads and inline
+ * reads pass through the connection's buffer in pieces of at most
+ * LIMIT_CONN_BUFFER; a refused payload is skipped through the wire's small
+ * buffer; a worker's whole-read buffer counts against the connection's and
+ * the server's in-flight budgets. */
 #include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
 
+#include "limits.h"
 #include "nbd-proto.h"
 #include "server.h"
+#include "tsan-annotate.h"
 
 #define MAX_EXTENTS 65536   /* per BLOCK_STATUS reply; the client asks again */
 
@@ -57,15 +66,35 @@ static void account(Connection *c, const Request *r, uint32_t nbd_err)
                          (uint64_t)(g_get_monotonic_time() - r->start_us));
 }
 
+static bool send_failed(Connection *c)
+{
+    return __atomic_load_n(&c->send_failed, __ATOMIC_ACQUIRE);
+}
+
+/* The connection is of no further use: wake the reader so that it ends. */
+static void fail_connection(Connection *c)
+{
+    __atomic_store_n(&c->send_failed, true, __ATOMIC_RELEASE);
+    shutdown(c->fd, SHUT_RDWR);
+}
+
+/* Caller holds send_lock: one reply's pieces go out together. */
+static bool send_iov_locked(Connection *c, struct iovec *iov, int n)
+{
+    if (send_failed(c))
+        return false;
+    if (wire_writev(&c->wire, iov, n) < 0) {
+        g_debug("%s: sending a reply failed: %s; the client is gone", c->peer, g_strerror(errno));
+        fail_connection(c);
+        return false;
+    }
+    return true;
+}
+
 static void send_iov(Connection *c, struct iovec *iov, int n)
 {
     g_mutex_lock(&c->send_lock);
-    if (!c->send_failed && wire_writev(c->fd, iov, n) < 0) {
-        c->send_failed = true;
-        g_debug("%s: sending a reply failed: %s; the client is gone", c->peer, g_strerror(errno));
-        /* Wake the reader so the connection ends. */
-        shutdown(c->fd, SHUT_RDWR);
-    }
+    send_iov_locked(c, iov, n);
     g_mutex_unlock(&c->send_lock);
 }
 
@@ -233,18 +262,51 @@ static void do_read(Connection *c, const Request *r, unsigned char *buf)
     }
 }
 
+/* Worker: a read that may wait for the source, served whole (a simple
+ * reply cannot report an error once its data has begun). The reader took
+ * its length from both in-flight budgets (queue_blocking_read). */
 void nbd_blocking_read_job(gpointer data, gpointer user_data)
 {
     (void)user_data;
     ReadJob *job = data;
+    TSAN_ACQUIRE(job);   /* handed over through the pool's queue */
     Connection *c = job->conn;
-    g_autofree unsigned char *buf = g_malloc(job->req.length);
-    do_read(c, &job->req, buf);
+    g_autofree unsigned char *buf = g_try_malloc(job->req.length);
+    if (buf) {
+        do_read(c, &job->req, buf);
+    } else {
+        g_warning("%s: out of memory for a %u-byte NBD_CMD_READ buffer: answering ENOMEM",
+                  c->peer, job->req.length);
+        reply_status(c, &job->req, NBD_ENOMEM, "out of memory");
+    }
+    g_clear_pointer(&buf, g_free);
+    byte_budget_release(&c->server->inflight, job->req.length);
+    byte_budget_release(&c->inflight, job->req.length);
     g_free(job);
     g_mutex_lock(&c->pending_lock);
     c->pending--;
     g_cond_broadcast(&c->pending_cond);
     g_mutex_unlock(&c->pending_lock);
+}
+
+static void queue_blocking_read(Connection *c, const Request *r)
+{
+    /* The reader stops taking requests while this connection's, or every
+     * connection's, worker buffers are at their cap: replies drain first. */
+    if (!byte_budget_acquire(&c->inflight, r->length))
+        g_assert_not_reached();   /* only the server's budget is ever stopped */
+    if (!byte_budget_acquire(&c->server->inflight, r->length)) {
+        byte_budget_release(&c->inflight, r->length);
+        reply_status(c, r, NBD_ESHUTDOWN, "the server is shutting down");
+        return;
+    }
+    ReadJob *job = g_new(ReadJob, 1);
+    *job = (ReadJob){ c, *r };
+    g_mutex_lock(&c->pending_lock);
+    c->pending++;
+    g_mutex_unlock(&c->pending_lock);
+    TSAN_RELEASE(job);
+    g_thread_pool_push(c->server->blocking_pool, job, NULL);
 }
 
 static void wait_pending(Connection *c)
@@ -255,37 +317,153 @@ static void wait_pending(Connection *c)
     g_mutex_unlock(&c->pending_lock);
 }
 
+/* The reader thread's buffer, for a piece of up to LIMIT_CONN_BUFFER
+ * bytes; kept between requests (it never grows past that). NULL when
+ * memory is short. */
 static unsigned char *conn_buffer(Connection *c, size_t len)
 {
+    g_assert(len <= LIMIT_CONN_BUFFER);
     if (c->buf_size < len) {
         g_free(c->buf);
-        c->buf = g_malloc(len);
-        c->buf_size = len;
+        c->buf = g_try_malloc(len);
+        c->buf_size = c->buf ? len : 0;
     }
     return c->buf;
 }
 
+/* A READ the export answers from memory or a local file, on the reader
+ * thread, LIMIT_CONN_BUFFER at a time. Structured replies carry one data
+ * chunk per piece (and an error chunk if a later piece fails); a simple
+ * reply reads its first piece before the header, so only a failure past
+ * 1 MiB of a larger read cannot be reported and closes the connection. */
+static void serve_read_inline(Connection *c, const Request *r)
+{
+    uint32_t piece = MIN(r->length, LIMIT_CONN_BUFFER);
+    unsigned char *buf = conn_buffer(c, piece);
+    if (!buf) {
+        g_warning("%s: out of memory for a %u-byte read buffer: answering ENOMEM", c->peer,
+                  piece);
+        reply_status(c, r, NBD_ENOMEM, "out of memory");
+        return;
+    }
+    if (piece == r->length) {
+        do_read(c, r, buf);
+        return;
+    }
+    int err = c->export->ops->pread(c->export, buf, piece, r->offset);
+    if (err) {
+        g_warning("%s: NBD_CMD_READ offset=%" G_GUINT64_FORMAT " length=%u failed: %s",
+                  c->peer, r->offset, r->length, g_strerror(err));
+        reply_status(c, r, nbd_error_of(err), g_strerror(err));
+        return;
+    }
+    g_mutex_lock(&c->send_lock);
+    bool ok = true;
+    uint32_t done = 0;
+    if (!c->structured) {
+        unsigned char hdr[NBD_SIMPLE_REPLY_SIZE];
+        put_be32(hdr, NBD_SIMPLE_REPLY_MAGIC);
+        put_be32(hdr + 4, 0);
+        put_be64(hdr + 8, r->cookie);
+        struct iovec iov[1] = { { hdr, sizeof hdr } };
+        ok = send_iov_locked(c, iov, 1);
+    }
+    while (ok) {
+        uint64_t off = r->offset + done;
+        bool last = done + piece == r->length;
+        if (c->structured) {
+            unsigned char hdr[NBD_CHUNK_HEADER_SIZE], offb[8];
+            chunk_header(hdr, r, last ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_OFFSET_DATA,
+                         8 + piece);
+            put_be64(offb, off);
+            struct iovec iov[3] = { { hdr, sizeof hdr }, { offb, sizeof offb }, { buf, piece } };
+            ok = send_iov_locked(c, iov, 3);
+        } else {
+            struct iovec iov[1] = { { buf, piece } };
+            ok = send_iov_locked(c, iov, 1);
+        }
+        done += piece;
+        if (!ok || last)
+            break;
+        piece = MIN(r->length - done, LIMIT_CONN_BUFFER);
+        err = c->export->ops->pread(c->export, buf, piece, r->offset + done);
+        if (err) {
+            g_warning("%s: NBD_CMD_READ offset=%" G_GUINT64_FORMAT " length=%u failed %u bytes "
+                      "in: %s%s", c->peer, r->offset, r->length, done, g_strerror(err),
+                      c->structured ? "" : "; a simple reply cannot say so after its data began: "
+                                           "closing the connection");
+            if (c->structured) {
+                const char *why = g_strerror(err);
+                size_t mlen = MIN(strlen(why), (size_t)NBD_MAX_STRING);
+                unsigned char hdr[NBD_CHUNK_HEADER_SIZE], body[6];
+                chunk_header(hdr, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR,
+                             (uint32_t)(6 + mlen));
+                put_be32(body, nbd_error_of(err));
+                put_be16(body + 4, (uint16_t)mlen);
+                struct iovec iov[3] = { { hdr, sizeof hdr }, { body, sizeof body },
+                                        { (void *)why, mlen } };
+                send_iov_locked(c, iov, 3);
+            } else {
+                fail_connection(c);
+            }
+            break;
+        }
+    }
+    g_mutex_unlock(&c->send_lock);
+    account(c, r, ok && done == r->length ? 0 : NBD_EIO);
+}
+
+/* A WRITE validate_request() accepted: its payload is read and written
+ * LIMIT_CONN_BUFFER at a time (NBD promises no atomicity for a write).
+ * After a failure the rest is skipped and the first error answered. False
+ * if the connection is lost. */
+static bool serve_write(Connection *c, const Request *r)
+{
+    Export *e = c->export;
+    int err = 0;
+    unsigned char *buf = conn_buffer(c, MIN(r->length, LIMIT_CONN_BUFFER));
+    if (!buf) {
+        g_warning("%s: out of memory for a write buffer: answering ENOMEM", c->peer);
+        err = ENOMEM;
+    }
+    /* A payload that stops arriving must not hold the connection. */
+    c->wire.stall_ms = LIMIT_PAYLOAD_STALL_MS;
+    uint32_t done = 0;
+    while (done < r->length) {
+        uint32_t piece = MIN(r->length - done, LIMIT_CONN_BUFFER);
+        int rc = err ? wire_skip(&c->wire, r->length - done)
+                     : wire_read(&c->wire, buf, piece);
+        if (rc < 0) {
+            g_message("%s: connection lost inside a %u-byte write payload (%u bytes in): %s",
+                      c->peer, r->length, done, g_strerror(errno ? errno : ECONNRESET));
+            c->wire.stall_ms = 0;
+            return false;
+        }
+        if (err)
+            break;
+        err = e->ops->pwrite(e, buf, piece, r->offset + done);
+        done += piece;
+    }
+    c->wire.stall_ms = 0;
+    if (err)
+        g_warning("%s: NBD_CMD_WRITE offset=%" G_GUINT64_FORMAT " length=%u failed: %s",
+                  c->peer, r->offset, r->length, g_strerror(err));
+    reply_status(c, r, nbd_error_of(err), err ? g_strerror(err) : NULL);
+    return true;
+}
+
 /* Carry out a request validate_request() accepted. */
-static void handle_request(Connection *c, const Request *r, const unsigned char *payload)
+static void handle_request(Connection *c, const Request *r)
 {
     Export *e = c->export;
     int err = 0;
     switch (r->type) {
     case NBD_CMD_READ:
-        if (e->ops->read_may_block && e->ops->read_may_block(e, r->length, r->offset)) {
-            ReadJob *job = g_new(ReadJob, 1);
-            *job = (ReadJob){ c, *r };
-            g_mutex_lock(&c->pending_lock);
-            c->pending++;
-            g_mutex_unlock(&c->pending_lock);
-            g_thread_pool_push(c->server->blocking_pool, job, NULL);
-        } else {
-            do_read(c, r, conn_buffer(c, r->length));
-        }
+        if (e->ops->read_may_block && e->ops->read_may_block(e, r->length, r->offset))
+            queue_blocking_read(c, r);
+        else
+            serve_read_inline(c, r);
         return;
-    case NBD_CMD_WRITE:
-        err = e->ops->pwrite(e, payload, r->length, r->offset);
-        break;
     case NBD_CMD_FLUSH:
         err = e->ops->flush(e);
         break;
@@ -322,8 +500,8 @@ void nbd_transmission(Connection *c)
 {
     for (;;) {
         unsigned char hdr[NBD_REQUEST_SIZE];
-        if (wire_read(&c->rd, hdr, sizeof hdr) < 0) {
-            if (errno && !c->send_failed)
+        if (wire_read(&c->wire, hdr, sizeof hdr) < 0) {
+            if (errno && !send_failed(c))
                 g_message("%s: connection lost: %s", c->peer, g_strerror(errno));
             break;
         }
@@ -340,35 +518,38 @@ void nbd_transmission(Connection *c)
                       get_be32(hdr));
             break;
         }
-        const unsigned char *payload = NULL;
-        if (r.type == NBD_CMD_WRITE) {
-            if (r.length > NBD_MAX_REQUEST) {
-                /* Consume the payload so the next header is read in step. */
-                if (wire_skip(&c->rd, r.length) < 0)
-                    break;
-            } else {
-                unsigned char *buf = conn_buffer(c, r.length);
-                if (wire_read(&c->rd, buf, r.length) < 0) {
-                    g_message("%s: connection lost inside a %u-byte write payload", c->peer,
-                              r.length);
-                    break;
-                }
-                payload = buf;
-            }
-        }
+        /* Checked before a byte of its payload is read: a refused WRITE's
+         * payload is skipped, never buffered. */
         const char *why = NULL;
         uint32_t err = validate_request(c, &r, &why);
         if (err) {
             log_rejected(c, &r, err, why);
+            if (r.type == NBD_CMD_WRITE) {
+                c->wire.stall_ms = LIMIT_PAYLOAD_STALL_MS;
+                int rc = wire_skip(&c->wire, r.length);
+                c->wire.stall_ms = 0;
+                if (rc < 0) {
+                    g_message("%s: connection lost inside a refused %u-byte write payload: %s",
+                              c->peer, r.length, g_strerror(errno ? errno : ECONNRESET));
+                    break;
+                }
+            }
             reply_status(c, &r, err, why);
+            if (send_failed(c))
+                break;
             continue;
         }
         if (r.type == NBD_CMD_DISC) {
             account(c, &r, 0);
             break;
         }
-        handle_request(c, &r, payload);
-        if (c->send_failed)
+        if (r.type == NBD_CMD_WRITE) {
+            if (!serve_write(c, &r))
+                break;
+        } else {
+            handle_request(c, &r);
+        }
+        if (send_failed(c))
             break;
     }
     /* Workers hold c; they finish (their replies may fail) before c goes. */

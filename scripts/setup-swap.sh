@@ -23,6 +23,7 @@ usage() {
 Usage: setup-swap.sh --src HOST:PORT [--name NAME] [--size SIZE] [--state-dir DIR]
                      [--pagesrv PATH] [--fault-timeout SECS] [--stub|--no-stub]
                      [--src-later] [--mem-limit SIZE] [--mem-prealloc]
+                     [--tls-psk FILE | --tls-certificates DIR] [--tls MODE]
 
   --src HOST:PORT     the migration source's nbd-pagesrv (--export ... --listen)
   --name NAME         name of this swap device (default: swapcopy)
@@ -36,6 +37,11 @@ Usage: setup-swap.sh --src HOST:PORT [--name NAME] [--size SIZE] [--state-dir DI
                       file (its default: 256M)
   --mem-prealloc      nbd-pagesrv maps and touches that RAM at start, in the
                       background, instead of as pages arrive (docs/nbd-pagesrv.md)
+  --tls-psk FILE      the source link's pre-shared key (psktool's format), the
+                      same file the source was given (docs/security.md)
+  --tls-certificates DIR  X.509 instead: ca-cert.pem, client-cert.pem and
+                      client-key.pem, the CA the source's certificate is from
+  --tls MODE          require (default with a key or certificates), on, off
   --stub, --no-stub   swapon as a stub-only device (SWAP_FLAG_STUB: swap-out never
                       allocates there; arming uses MADV_SWAPSTUB) or as ordinary
                       swap; default: stub-only if the kernel offers it
@@ -46,6 +52,7 @@ USAGE
 die() { echo "setup-swap: $*" >&2; exit 1; }
 
 src="" name=swapcopy size="" state_root=/run/swapcopy fault_timeout="" stub=auto src_later=no mem_limit="" mem_prealloc=no
+tls_psk="" tls_certs="" tls_mode=""
 pagesrv=${SWAPCOPY_BUILD:-$here/../build}/nbd-pagesrv
 [ -x "$pagesrv" ] || pagesrv=$(command -v nbd-pagesrv || true)
 while [ $# -gt 0 ]; do
@@ -61,6 +68,9 @@ while [ $# -gt 0 ]; do
         --src-later) src_later=yes; shift ;;
         --mem-limit) mem_limit=$2; shift 2 ;;
         --mem-prealloc) mem_prealloc=yes; shift ;;
+        --tls-psk) tls_psk=$2; shift 2 ;;
+        --tls-certificates) tls_certs=$2; shift 2 ;;
+        --tls) tls_mode=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument '$1'" ;;
     esac
@@ -123,7 +133,14 @@ if [ -z "$size" ]; then
     # point 6), and as the top-priority device ours also receives whatever
     # else the host pages out meanwhile (e.g. a DAMON page-out scheme).
     # Slots nobody uses cost nothing.
-    exports=$(timeout 30 nbdinfo --json --list "nbd://${src%:*}:${src##*:}" 2>/dev/null |
+    # The same TLS as nbd-pagesrv will use (the PSK identity: the file's first).
+    list_uri="nbd://${src%:*}:${src##*:}"
+    if [ -n "$tls_psk" ]; then
+        list_uri="nbds://$(awk -F: 'NF > 1 { print $1; exit }' "$tls_psk")@${src%:*}:${src##*:}/?tls-psk-file=$(realpath "$tls_psk")"
+    elif [ -n "$tls_certs" ]; then
+        list_uri="nbds://${src%:*}:${src##*:}/?tls-certificates=$(realpath "$tls_certs")"
+    fi
+    exports=$(timeout 30 nbdinfo --json --list "$list_uri" 2>/dev/null |
               python3 -c 'import json,sys; print(sum(e["export-size"] for e in json.load(sys.stdin)["exports"]))') ||
         die "cannot list the exports of the source $src within 30 s: is 'nbd-pagesrv --export NAME=FILE --listen $src' running there, and nothing else on that port?"
     used_kb=$(awk 'NR>1 {u+=$4} END {print u+0}' /proc/swaps)
@@ -131,6 +148,7 @@ if [ -z "$size" ]; then
 fi
 
 mkdir -p "$state"
+chmod 0700 "$state"   # it holds the NBD and control sockets: root only
 cleanup_on_error() {
     echo "setup-swap: failed; undoing what was set up" >&2
     "$here/teardown-swap.sh" --name "$name" --state-dir "$state_root" >&2 || true
@@ -143,6 +161,9 @@ args=(--size "$size" --socket "$sock" --control "$ctl" --src "$src")
 [ "$src_later" = yes ] && args+=(--src-later)
 [ -n "$mem_limit" ] && args+=(--mem-limit "$mem_limit")
 [ "$mem_prealloc" = yes ] && args+=(--mem-prealloc)
+[ -n "$tls_psk" ] && args+=(--tls-psk "$(realpath "$tls_psk")")
+[ -n "$tls_certs" ] && args+=(--tls-certificates "$(realpath "$tls_certs")")
+[ -n "$tls_mode" ] && args+=(--tls "$tls_mode")
 # 9>&-: the daemons must not hold the preparation lock for their lifetime.
 setsid "$pagesrv" "${args[@]}" >"$state/pagesrv.log" 2>&1 </dev/null 9>&- &
 echo $! >"$state/pagesrv.pid"
