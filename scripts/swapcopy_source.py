@@ -18,6 +18,33 @@ def log(msg):
     print(f"swapcopy-migrate: {msg}", file=sys.stderr, flush=True)
 
 
+def tls_args(a):
+    """nbd-pagesrv's (and setup-swap.sh's) options for TLS on the source
+    link, as swapcopy-migrate was given them."""
+    out = []
+    if a.tls_psk:
+        out += ["--tls-psk", os.path.abspath(a.tls_psk)]
+    if a.tls_certificates:
+        out += ["--tls-certificates", os.path.abspath(a.tls_certificates)]
+    if a.tls:
+        out += ["--tls", a.tls]
+    return out
+
+
+def nbd_uri(a, hostport, export):
+    """A URI libnbd's tools (nbdinfo) reach the source's export by, over TLS
+    if the link uses it."""
+    if a.tls_psk:
+        with open(a.tls_psk) as f:
+            user = f.readline().split(":", 1)[0]
+        return (f"nbds://{user}@{hostport}/{export}?tls-psk-file="
+                f"{os.path.abspath(a.tls_psk)}")
+    if a.tls_certificates:
+        return (f"nbds://{hostport}/{export}?tls-certificates="
+                f"{os.path.abspath(a.tls_certificates)}")
+    return f"nbd://{hostport}/{export}"
+
+
 def memdev(q, block):
     for m in q.cmd("query-memdev"):
         if m.get("id") == block:
@@ -32,8 +59,9 @@ class Exporter:
     has gone (--exit-when-idle); its control socket tells whether a
     destination on another host has said it is ready."""
 
-    def __init__(self, build, state_dir, name, block, ram_file, listen):
+    def __init__(self, build, state_dir, name, block, ram_file, listen, tls=()):
         self.build, self.block, self.ram_file, self.listen = build, block, ram_file, listen
+        self.tls = list(tls)
         # Beside the destination's state directory of the same name (which
         # setup-swap.sh creates, and refuses if it exists): several
         # migrations may share the state directory.
@@ -46,7 +74,7 @@ class Exporter:
             self.proc = subprocess.Popen(
                 [os.path.join(self.build, "nbd-pagesrv"), "--export",
                  f"{self.block}={self.ram_file}", "--listen", self.listen,
-                 "--control", self.control, "--exit-when-idle", "--no-mlock"],
+                 "--control", self.control, "--exit-when-idle", "--no-mlock", *self.tls],
                 stdout=logf, stderr=logf, start_new_session=True)
 
     def wait_listening(self):
@@ -210,7 +238,7 @@ class SourceSide:
         os.makedirs(self.a.state_dir, exist_ok=True)
         self.check()
         self.exporter = Exporter(self.a.build, self.a.state_dir, self.a.name, self.a.block,
-                                 self.ram_file, self.a.source_listen)
+                                 self.ram_file, self.a.source_listen, tls_args(self.a))
         self.exporter.start()
         self.wait_ready()
         self.migrate()

@@ -11,6 +11,7 @@ load lib/guest
 load lib/qemu
 load lib/qemu-patched
 load lib/netns
+load lib/tls
 
 setup() {
     [ "$(id -u)" = 0 ] || { echo "these tests need root (netns, swap, QEMU)" >&2; return 1; }
@@ -23,11 +24,12 @@ teardown() {
     [ "$(machine_state)" = "$BEFORE" ] || { echo "left behind:"; machine_state; false; }
 }
 
-# two_host_stock GUEST_ARGS...: a stock QEMU pair, source in NS_SRC and
-# destination in NS_DST, migrated by one swapcopy-migrate per side, each in
-# its side's namespace; the destination's side starts first (it prepares,
-# then waits for the source's exporter). Sets SRC_OUT DST_OUT, the two
-# summaries' JSON files SRC_JSON DST_JSON, and fails unless both succeed.
+# two_host_stock [SWAPCOPY-MIGRATE OPTIONS...]: the stock QEMU pair, source
+# in NS_SRC and destination in NS_DST, migrated by one swapcopy-migrate per
+# side (both given the options), each in its side's namespace; the
+# destination's side starts first (it prepares, then waits for the source's
+# exporter). Sets SRC_OUT DST_OUT, the two summaries' JSON files SRC_JSON
+# DST_JSON, and fails unless both succeed.
 two_host_stock() {
     local name=t$$-$BATS_TEST_NUMBER state=$BATS_TEST_TMPDIR/run dpid st=0
     SRC_OUT=$BATS_TEST_TMPDIR/src-side.out DST_OUT=$BATS_TEST_TMPDIR/dst-side.out
@@ -35,13 +37,13 @@ two_host_stock() {
     defer "$SWAPCOPY_SRC/scripts/teardown-swap.sh" --name "$name" --state-dir "$state/dst"
     in_ns "$NS_DST" "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --role destination \
         --dst-qmp "$DST_QMP" --source "$SRC_IP:4444" --migrate-uri "tcp:$DST_IP:4445" \
-        --name "$name" --state-dir "$state/dst" --json "$DST_JSON" --wait-peer 120 \
+        --name "$name" --state-dir "$state/dst" --json "$DST_JSON" --wait-peer 120 "$@" \
         >"$DST_OUT" 2>&1 &
     dpid=$!
     defer kill_wait "$dpid"
     in_ns "$NS_SRC" "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --role source \
         --src-qmp "$SRC_QMP" --source-listen "$SRC_IP:4444" --migrate-uri "tcp:$DST_IP:4445" \
-        --name "$name" --state-dir "$state/src" --json "$SRC_JSON" --wait-peer 120 \
+        --name "$name" --state-dir "$state/src" --json "$SRC_JSON" --wait-peer 120 "$@" \
         >"$SRC_OUT" 2>&1 || st=$?
     wait "$dpid" || st=$(( st + 100 ))
     echo "---- source side"; cat "$SRC_OUT"
@@ -76,6 +78,42 @@ crossed_veth() {
     [ "$(json_get "$(cat "$SRC_JSON")" bytes_served)" -ge "$(json_get "$(cat "$DST_JSON")" bytes_fetched)" ]
 }
 
+@test "two hosts, stock QEMU, TLS-PSK on the link: the pages cross encrypted, a plain client gets nothing" {
+    local name=t$$-$BATS_TEST_NUMBER state=$BATS_TEST_TMPDIR/run spid st=0
+    netns_pair
+    make_psk "$BATS_TEST_TMPDIR/keys.psk"
+    QEMU_NETNS_SRC=$NS_SRC QEMU_NETNS_DST=$NS_DST \
+        qemu_pair_start 64 -kernel "$SWAPCOPY_BUILD/guest/memwalk.elf"
+    wait_for_pass "$SRC_SERIAL" 2 60
+    # The source's side first: it exports and waits for the destination.
+    in_ns "$NS_SRC" "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --role source \
+        --src-qmp "$SRC_QMP" --source-listen "$SRC_IP:4444" --migrate-uri "tcp:$DST_IP:4445" \
+        --name "$name" --state-dir "$state/src" --wait-peer 120 \
+        --tls-psk "$BATS_TEST_TMPDIR/keys.psk" >"$BATS_TEST_TMPDIR/src-side.out" 2>&1 &
+    spid=$!
+    defer kill_wait "$spid"
+    wait_for grep -q "serving NBD on TCP $SRC_IP:4444 (TLS require" "$state/src/$name.exporter.log"
+    # A client without the key gets nothing, not even the export's size.
+    run in_ns "$NS_DST" nbdinfo --size "nbd://$SRC_IP:4444/mem"
+    echo "plain client: $output"
+    [ "$status" -ne 0 ]
+    [ -z "$(grep -E '^[0-9]+$' <<<"$output")" ]
+    defer "$SWAPCOPY_SRC/scripts/teardown-swap.sh" --name "$name" --state-dir "$state/dst"
+    run in_ns "$NS_DST" "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --role destination \
+        --dst-qmp "$DST_QMP" --source "$SRC_IP:4444" --migrate-uri "tcp:$DST_IP:4445" \
+        --name "$name" --state-dir "$state/dst" --json "$BATS_TEST_TMPDIR/dst.json" \
+        --tls-psk "$BATS_TEST_TMPDIR/keys.psk"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    wait "$spid" || st=$?
+    cat "$BATS_TEST_TMPDIR/src-side.out"
+    [ "$st" -eq 0 ]
+    wait_for_pass "$DST_SERIAL" $(( $(grep -c '^PASS' "$DST_SERIAL") + 5 )) 120
+    run grep '^ERROR' "$SRC_SERIAL" "$DST_SERIAL"
+    [ "$status" -eq 1 ]
+    crossed_veth "$BATS_TEST_TMPDIR/dst.json"
+}
+
 @test "two hosts, stock QEMU: a Linux guest checksumming its memory survives, pages over the veth link" {
     guest=$("$SWAPCOPY_SRC/tests/vm/linux-guest.sh")
     kernel=$(sed -n 's/^KERNEL=//p' <<<"$guest"); initrd=$(sed -n 's/^INITRD=//p' <<<"$guest")
@@ -106,8 +144,8 @@ crossed_veth() {
 }
 
 # two_host_patched GUEST_ARGS...: a patched QEMU pair across the namespaces
-# (source exporter on SRC_IP, destination set up with src=SRC_IP), migrated
-# from the source's QMP; sets QP_RESULT.
+# (source exporter on SRC_IP, destination set up with src=SRC_IP; both
+# -postcopy swap options extended by $QP_POSTCOPY_EXTRA).
 two_host_patched() {
     qp_binary
     QP_NS_SRC=$NS_SRC QP_NS_DST=$NS_DST QP_SRC_IP=$SRC_IP QP_DST_IP=$DST_IP qp_pair_start "$@"
@@ -147,4 +185,20 @@ two_host_patched() {
     rx=$(ns_rx_bytes "$NS_DST" "$VETH_DST")
     echo "$VETH_DST received $rx bytes"
     [ "$rx" -ge $(( 48 << 20 )) ]
+}
+
+@test "two hosts, patched QEMU, TLS-PSK on the link (-postcopy swap,tls-psk=): memwalk goes on passing" {
+    netns_pair
+    make_psk "$BATS_TEST_TMPDIR/keys.psk"
+    QP_POSTCOPY_EXTRA=",tls-psk=$BATS_TEST_TMPDIR/keys.psk" two_host_patched 128
+    GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG guest_wait_pass 2 60
+    run qp_migrate
+    echo "$output"
+    [ "$status" -eq 0 ]
+    grep -q -- "--tls-psk $BATS_TEST_TMPDIR/keys.psk" "$SRC_QEMU_LOG"
+    grep -q "serving NBD on TCP $SRC_IP:4444 (TLS require" "$SRC_QEMU_LOG"
+    last=$(GUEST_LOG=$SRC_LOG guest_last_pass)
+    GUEST_LOG=$DST_LOG GUEST_PID=$DST_PID GUEST_QEMU_LOG=$DST_QEMU_LOG guest_wait_pass $(( last + 3 )) 120
+    GUEST_LOG=$DST_LOG run guest_errors
+    [ "$status" -ne 0 ]
 }

@@ -10,6 +10,8 @@
 #   QP_NS_SRC / QP_NS_DST run the source / destination in those network
 #   namespaces (lib/netns.bash), with QP_SRC_IP / QP_DST_IP for addresses
 #   instead of 127.0.0.1, as on two hosts.
+#   QP_POSTCOPY_EXTRA (",tls-psk=FILE" and the like) extends both sides'
+#   -postcopy swap options.
 #   QP_DST_POSTCOPY="" starts the destination without -postcopy swap;
 #   QP_DST_MODE=control sets the swap device up first (setup-swap.sh
 #   --src-later, before the source's exporter exists) and starts the
@@ -44,10 +46,10 @@ qp_pair_start() {
     # QEMU tears the device down itself; this covers a QEMU that died.
     defer "$SWAPCOPY_SRC/scripts/teardown-swap.sh" --name "$QP_SWAP_NAME" --state-dir "$state"
     GUEST_NETNS=${QP_NS_SRC:-} GUEST_QEMU=$QP_QEMU GUEST_NAME=src guest_boot -m "${mib}M" \
-        -postcopy "swap,server=$PAGESRV,listen=$sip:$sport" "$@" || return 1
+        -postcopy "swap,server=$PAGESRV,listen=$sip:$sport${QP_POSTCOPY_EXTRA:-}" "$@" || return 1
     # shellcheck disable=SC2034 # used by the tests
     SRC_PID=$GUEST_PID SRC_LOG=$GUEST_LOG SRC_QMP=$GUEST_QMP SRC_QEMU_LOG=$GUEST_QEMU_LOG
-    local post=(-postcopy "swap,src=$sip:$sport,setup=$SWAPCOPY_SRC/scripts/setup-swap.sh,name=$QP_SWAP_NAME,state-dir=$state,server=$PAGESRV")
+    local post=(-postcopy "swap,src=$sip:$sport,setup=$SWAPCOPY_SRC/scripts/setup-swap.sh,name=$QP_SWAP_NAME,state-dir=$state,server=$PAGESRV${QP_POSTCOPY_EXTRA:-}")
     [ "${QP_DST_POSTCOPY-x}" = "" ] && post=()
     if [ "${QP_DST_MODE:-}" = control ]; then
         local out
