@@ -118,8 +118,12 @@ check: all
 # code runs under ASan on the host in e2e, pull and qemu-stock.
 # tests/kernel-patch.bats: a VM test like vm.bats (same concern), and a
 # second run would add its VM time again; libswapstub's arming code is
-# the same in both builds.
-SANITIZER_TESTS := $(filter-out tests/vm.bats tests/qemu-patched.bats tests/kernel-patch.bats,$(wildcard tests/*.bats))
+# the same in both builds. tests/many-vms.bats and tests/two-hosts.bats:
+# eight QEMUs, or two network namespaces, around the same daemon code
+# that concurrent, e2e and pull run under ASan; a second run would add
+# two minutes of CI for QEMU's time, not the daemons'.
+SANITIZER_TESTS := $(filter-out tests/vm.bats tests/qemu-patched.bats tests/kernel-patch.bats \
+                     tests/many-vms.bats tests/two-hosts.bats,$(wildcard tests/*.bats))
 check-sanitizers:
 	ASAN_OPTIONS=fast_unwind_on_malloc=0:malloc_context_size=20 \
 	$(MAKE) BUILDDIR=build-san SANITIZERS=yes SUMMARY_LABEL=sanitizers: \

@@ -30,9 +30,10 @@ die() { echo "build-initramfs: $*" >&2; exit 1; }
 say() { echo "build-initramfs: $*" >&2; }
 
 # Host tools copied into the VM; busybox supplies everything else, but
-# not these: busybox's swapon has no -p, its losetup no -O, and the
-# project's scripts are bash.
-host_tools=(bash nbd-client mkswap swapon swapoff losetup)
+# not these: busybox's swapon has no -p, its losetup no -O, it has no
+# flock (setup-swap.sh's preparation lock), and the project's scripts are
+# bash.
+host_tools=(bash nbd-client mkswap swapon swapoff losetup flock)
 packages=(busybox-static cpio nbd-client util-linux bash)
 
 install_missing_packages() {

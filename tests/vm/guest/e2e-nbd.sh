@@ -34,8 +34,9 @@ state=$(sed -n 's/^STATE=//p' <<<"$out")
 [[ "$device" =~ ^/dev/nbd[0-9]+$ ]] || fail "setup-swap.sh attached $device, not a /dev/nbdN: it did not take the nbd-client branch"
 grep -qx "nbd $device" "$state/blockdev" || fail "$state/blockdev does not record 'nbd $device': $(cat "$state/blockdev")"
 [ -e "/sys/block/${device#/dev/}/pid" ] || fail "/sys/block/${device#/dev/}/pid is missing: nothing is connected to $device"
-awk -v d="$device" 'NR > 1 && $1 == d && $5 == 32767 { ok = 1 } END { exit !ok }' /proc/swaps ||
-    fail "$device is not swap at priority 32767: $(cat /proc/swaps)"
+prio=$(sed -n 's/^PRIORITY=//p' <<<"$out")
+awk -v d="$device" -v p="$prio" 'NR > 1 && $1 == d && $5 == p && p >= 32000 { ok = 1 } END { exit !ok }' /proc/swaps ||
+    fail "$device is not swap at the priority setup-swap.sh gave ($prio): $(cat /proc/swaps)"
 echo "BRANCH: nbd-client $device ($(cat "/sys/block/${device#/dev/}/size") sectors, client pid $(cat "/sys/block/${device#/dev/}/pid"))"
 
 step "e2e-workload --mib $mib on $device"
