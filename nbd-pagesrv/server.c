@@ -25,10 +25,26 @@ void server_init(Server *s)
     s->blocking_pool = g_thread_pool_new(nbd_blocking_read_job, NULL, BLOCKING_WORKERS, FALSE, NULL);
 }
 
-static void connection_free(Connection *c)
+Connection *connection_new(Server *s, int fd, const char *peer, bool local)
+{
+    Connection *c = g_new0(Connection, 1);
+    c->server = s;
+    c->fd = fd;
+    c->local = local;
+    c->peer = g_strdup(peer);
+    wire_init(&c->wire, fd);
+    g_mutex_init(&c->send_lock);
+    g_mutex_init(&c->pending_lock);
+    g_cond_init(&c->pending_cond);
+    byte_budget_init(&c->inflight, LIMIT_CONN_INFLIGHT);
+    return c;
+}
+
+void connection_free(Connection *c)
 {
     tls_session_end(&c->wire);
-    close(c->fd);
+    if (c->fd >= 0 && close(c->fd) < 0)
+        g_debug("%s: closing the connection's socket: %s", c->peer, g_strerror(errno));
     wire_clear(&c->wire);
     byte_budget_clear(&c->inflight);
     g_free(c->peer);
@@ -64,16 +80,7 @@ static void *connection_main(void *arg)
 
 void server_add_connection(Server *s, int fd, const char *peer, bool local)
 {
-    Connection *c = g_new0(Connection, 1);
-    c->server = s;
-    c->fd = fd;
-    c->local = local;
-    c->peer = g_strdup(peer);
-    wire_init(&c->wire, fd);
-    g_mutex_init(&c->send_lock);
-    g_mutex_init(&c->pending_lock);
-    g_cond_init(&c->pending_cond);
-    byte_budget_init(&c->inflight, LIMIT_CONN_INFLIGHT);
+    Connection *c = connection_new(s, fd, peer, local);
 
     g_mutex_lock(&s->lock);
     if (s->stopping) {

@@ -75,6 +75,10 @@ struct Server {
 };
 
 void server_init(Server *s);
+/* A connection's state, not yet served (fd -1: no socket, e.g. a fuzzer's
+ * in-memory wire); connection_free also closes fd and ends TLS. */
+Connection *connection_new(Server *s, int fd, const char *peer, bool local);
+void connection_free(Connection *c);
 /* Takes ownership of fd: serves it on a new thread. local: a Unix socket
  * (access checked by its mode and SO_PEERCRED; TLS never required). */
 void server_add_connection(Server *s, int fd, const char *peer, bool local);

@@ -88,17 +88,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FuzzInput in = { data + 1, size - 1, 0 };
     fuzz_before_input(&fuzz_server, flags);
 
-    Connection *c = g_new0(Connection, 1);
-    c->server = &fuzz_server;
-    c->fd = -1;
-    c->peer = g_strdup("fuzz");
-    c->local = true;
-    wire_init(&c->wire, -1);
+    Connection *c = connection_new(&fuzz_server, -1, "fuzz", true);
     wire_set_layer(&c->wire, &fuzz_layer, &in);
-    g_mutex_init(&c->send_lock);
-    g_mutex_init(&c->pending_lock);
-    g_cond_init(&c->pending_cond);
-    byte_budget_init(&c->inflight, LIMIT_CONN_INFLIGHT);
 
     if (flags & 1) {
         c->export = g_ptr_array_index(fuzz_server.exports.exports, 0);
@@ -109,14 +100,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         nbd_transmission(c);
     }
 
-    wire_clear(&c->wire);
-    byte_budget_clear(&c->inflight);
-    g_free(c->peer);
-    g_free(c->buf);
-    g_mutex_clear(&c->send_lock);
-    g_mutex_clear(&c->pending_lock);
-    g_cond_clear(&c->pending_cond);
-    g_free(c);
+    connection_free(c);
     return 0;
 }
 
