@@ -44,4 +44,15 @@
 #define LIMIT_CONN_INFLIGHT (64ull << 20)
 #define LIMIT_SERVER_INFLIGHT (128ull << 20)
 
+/* Allocations of at least this size come from mmap and go back to the
+ * system when freed (mallopt M_MMAP_THRESHOLD; fixed, since glibc would
+ * otherwise raise it after the first large free and keep later ones in its
+ * heap): the up-to-32 MiB buffers a peer's numbers size. It must stay above
+ * every buffer of the migration's hot path (1 MiB demand runs and worker
+ * reads, 256 KiB stream chunks): below it, each of those buffers was a
+ * fresh mapping, faulted in page by page (the daemon mlocks on fault) and
+ * unmapped again, which made the destination's whole pull about 1.5 times
+ * slower (docs/performance.md, "The mmap threshold"). */
+#define LIMIT_MMAP_THRESHOLD (4u << 20)
+
 #endif

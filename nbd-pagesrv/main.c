@@ -22,6 +22,7 @@
 #include "file-export.h"
 #include "listener.h"
 #include "page-store-export.h"
+#include "limits.h"
 #include "seconds-arg.h"
 #include "server.h"
 #include "size-arg.h"
@@ -441,10 +442,10 @@ int main(int argc, char **argv)
     g_set_prgname("nbd-pagesrv");
     /* A client that vanishes must cost us an EPIPE, not the process. */
     signal(SIGPIPE, SIG_IGN);
-    /* Request buffers (up to 32 MiB, sized by peers) come from mmap and go
-     * back to the system when freed: glibc otherwise raises this threshold
-     * after the first large free and keeps later ones in its heap. */
-    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    /* limits.h says why this value. */
+    if (mallopt(M_MMAP_THRESHOLD, LIMIT_MMAP_THRESHOLD) != 1)
+        g_warning("mallopt(M_MMAP_THRESHOLD, %u) failed: large request buffers may stay in "
+                  "the heap after use", LIMIT_MMAP_THRESHOLD);
 
     server_init(&app.server);
     app.listeners = g_ptr_array_new_with_free_func((GDestroyNotify)listener_free);

@@ -9,6 +9,10 @@ PAGESRV=$SWAPCOPY_BUILD/nbd-pagesrv
 PAGESRV_CTL=$SWAPCOPY_BUILD/pagesrv-ctl
 TESTBIN=$SWAPCOPY_BUILD/tests
 
+# sanitized_build: true if the daemon under test is built with ASan or
+# TSan, whose allocators and costs differ from glibc's.
+sanitized_build() { ldd "$PAGESRV" | grep -q 'lib[at]san'; }
+
 _DEFERRED=()
 
 # defer CMD...: run CMD at teardown (last registered runs first).
