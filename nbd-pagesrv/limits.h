@@ -52,7 +52,7 @@
  * reads, 256 KiB stream chunks): below it, each of those buffers was a
  * fresh mapping, faulted in page by page (the daemon mlocks on fault) and
  * unmapped again, which made the destination's whole pull about 1.5 times
- * slower (docs/performance.md, "The mmap threshold"). */
+ * slower (docs/performance.md, "Update 2026-12-06, evening"). */
 #define LIMIT_MMAP_THRESHOLD (4u << 20)
 
 #endif
