@@ -6,6 +6,8 @@
 load lib/common
 load lib/migration
 
+bats_require_minimum_version 1.5.0   # run ! CMD
+
 setup() {
     [ "$(id -u)" = 0 ] || { echo "these tests need root (swapon, losetup, FUSE)" >&2; return 1; }
     BEFORE=$(machine_state)
@@ -245,7 +247,7 @@ kill_daemon_under_process() {
     # before it could report a check: the first page it could not get
     # stopped it, instead of a wrong page.
     [ "$st" -eq 135 ] || { [ "$st" -eq 1 ] && grep -q "AddressSanitizer: BUS" "$BATS_TEST_TMPDIR/hold.err"; }
-    ! grep -q CHECK "$BATS_TEST_TMPDIR/hold.out"
+    run ! grep -q CHECK "$BATS_TEST_TMPDIR/hold.out"
 }
 
 @test "nbd-pagesrv killed with every page still remote: the process gets SIGBUS, never a wrong page, and teardown cleans up" {

@@ -45,6 +45,9 @@ src_up() {
 
 src_stat() { stat_field_of "$SRC_CTL" "$1"; }
 
+# no_connections_left: for wait_for, which reruns it until it holds.
+no_connections_left() { [ "$(src_stat connections.current)" -eq 0 ]; }
+
 # peak_rss_mib: the source's VmHWM (peak resident set) in MiB.
 peak_rss_mib() {
     awk '/^VmHWM:/ { print int($2 / 1024) }' "/proc/$SRC_PID/status"
@@ -88,7 +91,7 @@ attack() {
     echo "# VmHWM $hwm MiB" >&3
     [ "$hwm" -lt 256 ]
     # Every connection the attack opened is gone, the source is still up.
-    wait_for test "$(src_stat connections.current)" -eq 0
+    wait_for no_connections_left
     kill -0 "$SRC_PID"
 }
 
@@ -126,7 +129,7 @@ attack() {
     grep -qx 'closed 6' "$ATTACK_OUT"
     [ "$(src_stat connections.refused)" -eq 6 ]
     grep -q "refusing the connection from 127.0.0.1" "$T/src.log"
-    wait_for test "$(src_stat connections.current)" -eq 0
+    wait_for no_connections_left
     honest_copy
 }
 

@@ -13,6 +13,8 @@
 
 load lib/common
 
+bats_require_minimum_version 1.5.0   # run ! CMD
+
 setup_file() {
     local t
     for t in nbdkit nbdinfo nbdcopy nbdfuse losetup python3 timeout cmp; do
@@ -772,7 +774,8 @@ kit_start() {
         fi
     done
     echo "# demand reads: $good right, $failed EIO"
-    [ "$good" -gt 0 ] && [ "$failed" -gt 0 ]
+    [ "$good" -gt 0 ]
+    [ "$failed" -gt 0 ]
     # The stream tries every failed chunk again, later, and gets there.
     ctl policy background on >/dev/null
     wait_local 120
@@ -780,7 +783,8 @@ kit_start() {
     # Its warnings are sampled: the first few, then every hundredth.
     n=$(grep -c "answered error .* reading pages" "$PAGESRV_LOG" || true)
     echo "# stream error warnings: $n"
-    [ "$n" -ge 1 ] && [ "$n" -le 20 ]
+    [ "$n" -ge 1 ]
+    [ "$n" -le 20 ]
 }
 
 @test "pull: a source with --exit-when-idle exits by itself once the destination has everything" {
@@ -1004,7 +1008,7 @@ link_fault_setup() {
     wait_local 60
     verify_all
     for (( i = 0; i < 300; i++ )); do kill -0 "$SRC_PID" 2>/dev/null || break; sleep 0.1; done
-    ! kill -0 "$SRC_PID" 2>/dev/null
+    run ! kill -0 "$SRC_PID"
 }
 
 @test "land: a read hands each page over without keeping it; a second read fetches it again; writes are kept" {
@@ -1048,7 +1052,8 @@ link_fault_setup() {
     half=$(( SLOTS / 2 ))
     "$TESTBIN/pull-rw" "$URI" trim 0 "$half"
     left=$(status_field pages.landed)
-    [ "$left" -gt 0 ] && [ "$left" -lt $(( ndata - 1 )) ]
+    [ "$left" -gt 0 ]
+    [ "$left" -lt $(( ndata - 1 )) ]
     sleep 0.3
     [ "$(status_field state)" = landed ]
     # ...and a lander that wrote every page in place releases the rest.

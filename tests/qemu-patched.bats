@@ -153,10 +153,9 @@ teardown() {
 }
 
 @test "patched QEMU: a Linux guest (Debian's kernel, busybox) checksumming its memory survives migration" {
-    guest=$("$SWAPCOPY_SRC/tests/vm/linux-guest.sh")
-    GUEST_ELF=$(sed -n 's/^KERNEL=//p' <<<"$guest")
-    initrd=$(sed -n 's/^INITRD=//p' <<<"$guest")
-    qp_pair_start 256 -initrd "$initrd" -append "console=ttyS0 quiet memcheck_mib=48"
+    linux_guest
+    GUEST_ELF=$LINUX_KERNEL
+    qp_pair_start 256 -initrd "$LINUX_INITRD" -append "console=ttyS0 quiet memcheck_mib=48"
     GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG \
         guest_wait_line 'LPASS 1' 180
     run qp_migrate

@@ -6,6 +6,8 @@ load lib/common
 load lib/migration
 load lib/qemu
 
+bats_require_minimum_version 1.5.0   # run ! CMD
+
 setup() {
     [ "$(id -u)" = 0 ] || { echo "needs root" >&2; return 1; }
     BEFORE=$(machine_state)
@@ -102,9 +104,8 @@ teardown() {
 }
 
 @test "stock QEMU: a Linux guest (Debian's kernel, busybox) checksumming its memory survives migration" {
-    guest=$("$SWAPCOPY_SRC/tests/vm/linux-guest.sh")
-    kernel=$(sed -n 's/^KERNEL=//p' <<<"$guest"); initrd=$(sed -n 's/^INITRD=//p' <<<"$guest")
-    qemu_pair_start 256 -kernel "$kernel" -initrd "$initrd" -append "console=ttyS0 quiet memcheck_mib=48"
+    linux_guest
+    qemu_pair_start 256 -kernel "$LINUX_KERNEL" -initrd "$LINUX_INITRD" -append "console=ttyS0 quiet memcheck_mib=48"
     wait_for_lines "$SRC_SERIAL" '^LPASS' 2 180
     run swapcopy_migrate
     echo "$output"
@@ -135,7 +136,7 @@ prepare_ahead() {
     [[ "$output" == *"destination prepared in"* ]]
     # Prepared without the source: no exporter listens yet, and nbd-pagesrv
     # holds every page of the RAM as an arming marker, none mapped.
-    ! port_bound "$sport"
+    run ! port_bound "$sport"
     ctl=$BATS_TEST_TMPDIR/run/t$$-$BATS_TEST_NUMBER/ctl.sock
     st=$("$PAGESRV_CTL" "$ctl" stats)
     [ "$(json_get "$st" store.marker_pages)" -eq 32768 ]

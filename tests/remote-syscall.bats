@@ -4,6 +4,9 @@
 
 load lib/common
 
+# traced PID: another process has attached to PID with ptrace.
+traced() { ! grep -q '^TracerPid:[[:space:]]*0$' "/proc/$1/status"; }
+
 @test "mincore run inside a process waiting in ppoll, in nanosleep or in user space: right answers, and the process never notices" {
     for how in ppoll nanosleep busy; do
         run "$TESTBIN/remote-mincore" --rounds 200 --wait "$how"
@@ -27,7 +30,7 @@ time.sleep(5)
 PY
     tracer=$!
     defer kill_wait "$tracer"
-    sleep 0.5
+    wait_for traced "$victim"
     run "$TESTBIN/remote-mincore" --pid "$victim"
     echo "$output"
     [ "$status" -ne 0 ]

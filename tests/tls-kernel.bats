@@ -9,6 +9,8 @@ load lib/common
 load lib/migration
 load lib/tls
 
+bats_require_minimum_version 1.5.0   # run ! CMD
+
 setup() {
     T=$BATS_TEST_TMPDIR
     [ "$(id -u)" = 0 ] || { echo "these tests need root (swapon, losetup, FUSE)" >&2; return 1; }
@@ -38,6 +40,7 @@ kernel_pull() {
         case "$1" in
             --src-opt) src_opts+=("$2"); shift 2 ;;
             --dst-opt) dst_opts+=("$2"); shift 2 ;;
+            *) echo "kernel_pull: unknown argument '$1' (--src-opt X or --dst-opt X)"; return 2 ;;
         esac
     done
     IMG=$T/src.img SUMS=$T/src.crc
@@ -61,7 +64,7 @@ kernel_pull() {
     make_psk "$T/keys.psk"
     kernel_pull --src-opt --tls-psk --src-opt "$T/keys.psk" --dst-opt --tls-psk --dst-opt "$T/keys.psk"
     grep -q "TLS is on (TLS1.3, PSK identity 'alice')" "$SRC_LOG"
-    ! grep -q "serving export 'mem'.*(plaintext)" "$SRC_LOG"
+    run ! grep -q "serving export 'mem'.*(plaintext)" "$SRC_LOG"
 }
 
 @test "kernel swap path over X.509: a process's memory is migrated, every page the source's" {
@@ -71,5 +74,5 @@ kernel_pull() {
     kernel_pull --src-opt --tls-certificates --src-opt "$T/server" \
                 --dst-opt --tls-certificates --dst-opt "$T/client"
     grep -q "TLS is on (TLS1.3, client certificate verified)" "$SRC_LOG"
-    ! grep -q "serving export 'mem'.*(plaintext)" "$SRC_LOG"
+    run ! grep -q "serving export 'mem'.*(plaintext)" "$SRC_LOG"
 }

@@ -10,6 +10,8 @@
 load lib/common
 load lib/tls
 
+bats_require_minimum_version 1.5.0   # run ! CMD
+
 setup() {
     T=$BATS_TEST_TMPDIR
     local t
@@ -46,7 +48,7 @@ copy_refused() {
     run timeout 60 nbdcopy "$1" "$T/copy.img"
     echo "nbdcopy $1: status $status: $output"
     [ "$status" -ne 0 ]
-    ! cmp -s "$IMG" "$T/copy.img"
+    run ! cmp -s "$IMG" "$T/copy.img"
 }
 
 psk_uri() { echo "nbds://alice@127.0.0.1:$SRC_PORT/mem?tls-psk-file=$1"; }
@@ -63,7 +65,8 @@ psk_uri() { echo "nbds://alice@127.0.0.1:$SRC_PORT/mem?tls-psk-file=$1"; }
     run timeout 30 nbdinfo --list "nbd://127.0.0.1:$SRC_PORT"
     echo "$output"
     [ "$status" -ne 0 ]
-    [[ "$output" != *'"mem"'* ]] && [[ "$output" != *"export=\"mem\""* ]]
+    [[ "$output" != *'"mem"'* ]]
+    [[ "$output" != *"export=\"mem\""* ]]
     grep -q "this server requires TLS" "$SRC_LOG"
 }
 
@@ -76,7 +79,7 @@ psk_uri() { echo "nbds://alice@127.0.0.1:$SRC_PORT/mem?tls-psk-file=$1"; }
     copy_refused "$(psk_uri "$T/wrong.psk")"
     copy_refused "nbds://bob@127.0.0.1:$SRC_PORT/mem?tls-psk-file=$T/bob.psk"
     grep -q "TLS handshake failed" "$SRC_LOG"
-    ! grep -q "TLS is on" "$SRC_LOG"
+    run ! grep -q "TLS is on" "$SRC_LOG"
     # The right key still works afterwards.
     copy_ok "$(psk_uri "$T/keys.psk")"
 }
@@ -126,7 +129,7 @@ psk_uri() { echo "nbds://alice@127.0.0.1:$SRC_PORT/mem?tls-psk-file=$1"; }
         >"$T/closed.log" 2>&1 &
     defer kill_wait "$!"
     wait_for grep -q "serving NBD on TCP" "$T/closed.log"
-    ! grep -q "reachable from other hosts" "$T/closed.log"
+    run ! grep -q "reachable from other hosts" "$T/closed.log"
     # A key file others may read is warned about; a bad mode refused.
     chmod 0644 "$T/keys.psk"
     run timeout 2 "$PAGESRV" --export "mem=$IMG" --listen "127.0.0.1:0" --tls-psk "$T/keys.psk" --no-mlock

@@ -115,11 +115,10 @@ crossed_veth() {
 }
 
 @test "two hosts, stock QEMU: a Linux guest checksumming its memory survives, pages over the veth link" {
-    guest=$("$SWAPCOPY_SRC/tests/vm/linux-guest.sh")
-    kernel=$(sed -n 's/^KERNEL=//p' <<<"$guest"); initrd=$(sed -n 's/^INITRD=//p' <<<"$guest")
+    linux_guest
     netns_pair
-    QEMU_NETNS_SRC=$NS_SRC QEMU_NETNS_DST=$NS_DST qemu_pair_start 256 -kernel "$kernel" \
-        -initrd "$initrd" -append "console=ttyS0 quiet memcheck_mib=48"
+    QEMU_NETNS_SRC=$NS_SRC QEMU_NETNS_DST=$NS_DST qemu_pair_start 256 -kernel "$LINUX_KERNEL" \
+        -initrd "$LINUX_INITRD" -append "console=ttyS0 quiet memcheck_mib=48"
     wait_for_lines "$SRC_SERIAL" '^LPASS' 2 180
     two_host_stock
     wait_for_lines "$DST_SERIAL" '^LPASS' 2 180
@@ -151,6 +150,18 @@ two_host_patched() {
     QP_NS_SRC=$NS_SRC QP_NS_DST=$NS_DST QP_SRC_IP=$SRC_IP QP_DST_IP=$DST_IP qp_pair_start "$@"
 }
 
+# fetched_over_veth QP_MIGRATE_OUTPUT [MIN_BYTES]: the destination fetched
+# pages, at least MIN_BYTES (its query-migrate, the output's last line), and
+# at least as many bytes came in through its end of the veth link.
+fetched_over_veth() {
+    local fetched rx
+    fetched=$(json_get "$(tail -n 1 <<<"$1")" dst.postcopy-swap.bytes-fetched)
+    rx=$(ns_rx_bytes "$NS_DST" "$VETH_DST")
+    echo "fetched $fetched bytes; $VETH_DST received $rx bytes"
+    [ "$fetched" -ge "${2:-1}" ]
+    [ "$rx" -ge "$fetched" ]
+}
+
 @test "two hosts, patched QEMU: -postcopy swap,listen= on one side, src= on the other, pages over the veth link" {
     netns_pair
     two_host_patched 128
@@ -158,33 +169,25 @@ two_host_patched() {
     run qp_migrate
     echo "$output"
     [ "$status" -eq 0 ]
-    result=$(tail -n 1 <<<"$output")
+    fetched_over_veth "$output"
     last=$(GUEST_LOG=$SRC_LOG guest_last_pass)
     GUEST_LOG=$DST_LOG GUEST_PID=$DST_PID GUEST_QEMU_LOG=$DST_QEMU_LOG guest_wait_pass $(( last + 3 )) 120
     GUEST_LOG=$DST_LOG run guest_errors
     [ "$status" -ne 0 ]
-    fetched=$(json_get "$result" dst.postcopy-swap.bytes-fetched)
-    rx=$(ns_rx_bytes "$NS_DST" "$VETH_DST")
-    echo "fetched $fetched bytes; $VETH_DST received $rx bytes"
-    [ "$fetched" -gt 0 ]
-    [ "$rx" -ge "$fetched" ]
 }
 
 @test "two hosts, patched QEMU: a Linux guest checksumming its memory survives, pages over the veth link" {
-    guest=$("$SWAPCOPY_SRC/tests/vm/linux-guest.sh")
-    GUEST_ELF=$(sed -n 's/^KERNEL=//p' <<<"$guest")
-    initrd=$(sed -n 's/^INITRD=//p' <<<"$guest")
+    linux_guest
+    GUEST_ELF=$LINUX_KERNEL
     netns_pair
-    two_host_patched 256 -initrd "$initrd" -append "console=ttyS0 quiet memcheck_mib=48"
+    two_host_patched 256 -initrd "$LINUX_INITRD" -append "console=ttyS0 quiet memcheck_mib=48"
     GUEST_LOG=$SRC_LOG GUEST_PID=$SRC_PID GUEST_QEMU_LOG=$SRC_QEMU_LOG \
         guest_wait_line 'LPASS 1' 180
     run qp_migrate
     echo "$output"
     [ "$status" -eq 0 ]
+    fetched_over_veth "$output" $(( 48 << 20 ))
     qp_wait_lpass_twice
-    rx=$(ns_rx_bytes "$NS_DST" "$VETH_DST")
-    echo "$VETH_DST received $rx bytes"
-    [ "$rx" -ge $(( 48 << 20 )) ]
 }
 
 @test "two hosts, patched QEMU, TLS-PSK on the link (-postcopy swap,tls-psk=): memwalk goes on passing" {
@@ -197,6 +200,7 @@ two_host_patched() {
     [ "$status" -eq 0 ]
     grep -q -- "--tls-psk $BATS_TEST_TMPDIR/keys.psk" "$SRC_QEMU_LOG"
     grep -q "serving NBD on TCP $SRC_IP:4444 (TLS require" "$SRC_QEMU_LOG"
+    fetched_over_veth "$output"
     last=$(GUEST_LOG=$SRC_LOG guest_last_pass)
     GUEST_LOG=$DST_LOG GUEST_PID=$DST_PID GUEST_QEMU_LOG=$DST_QEMU_LOG guest_wait_pass $(( last + 3 )) 120
     GUEST_LOG=$DST_LOG run guest_errors

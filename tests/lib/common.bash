@@ -13,6 +13,16 @@ TESTBIN=$SWAPCOPY_BUILD/tests
 # TSan, whose allocators and costs differ from glibc's.
 sanitized_build() { ldd "$PAGESRV" | grep -q 'lib[at]san'; }
 
+# linux_guest: Debian's kernel and a busybox initramfs that checksums its
+# memory (tests/vm/linux-guest.sh, built once); sets LINUX_KERNEL and
+# LINUX_INITRD.
+linux_guest() {
+    local out
+    out=$("$SWAPCOPY_SRC/tests/vm/linux-guest.sh") || return 1
+    LINUX_KERNEL=$(sed -n 's/^KERNEL=//p' <<<"$out")
+    LINUX_INITRD=$(sed -n 's/^INITRD=//p' <<<"$out")
+}
+
 _DEFERRED=()
 
 # defer CMD...: run CMD at teardown (last registered runs first).
