@@ -23,19 +23,30 @@
 #define SWAPSTUB_MARKER_INDEX_BITS 44
 #define SWAPSTUB_PAGE 4096u
 
-static inline void swapstub_marker_fill(void *page, uint64_t cookie, uint64_t index,
+/* The header: the four words, all of a marker that is not zeros. */
+#define SWAPSTUB_MARKER_HEAD (4 * sizeof(uint64_t))
+
+/* The header alone into head: the whole marker where the rest of the page
+ * is zeros already (a page never touched). */
+static inline void swapstub_marker_head(void *head, uint64_t cookie, uint64_t index,
                                         uint64_t origin)
 {
     uint64_t w[4] = { SWAPSTUB_MARKER_MAGIC, cookie, index, origin };
+    memcpy(head, w, sizeof w);
+}
+
+static inline void swapstub_marker_fill(void *page, uint64_t cookie, uint64_t index,
+                                        uint64_t origin)
+{
     memset(page, 0, SWAPSTUB_PAGE);
-    memcpy(page, w, sizeof w);
+    swapstub_marker_head(page, cookie, index, origin);
 }
 
 /* True if page is a marker; sets the fields. Checks every byte. */
 static inline bool swapstub_marker_parse(const void *page, uint64_t *cookie, uint64_t *index,
                                          uint64_t *origin)
 {
-    uint64_t w[4];
+    uint64_t w[SWAPSTUB_MARKER_HEAD / sizeof(uint64_t)];
     memcpy(w, page, sizeof w);
     if (w[0] != SWAPSTUB_MARKER_MAGIC)
         return false;

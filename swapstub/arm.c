@@ -86,13 +86,11 @@ static Span whole(const SwapStub *s)
  * its header is all there is to write: 32 bytes instead of 4096 (for
  * another process, one process_vm_writev iovec per page). A touched page
  * gets the whole marker. */
-#define MARKER_HEAD (4 * sizeof(uint64_t))
-
 static bool write_markers(SwapStub *s, uint64_t cookie, Span sp, GError **error)
 {
     g_autofree uint64_t *pm = g_new(uint64_t, BATCH_PAGES);
     g_autofree unsigned char *page = g_malloc(SS_PAGE);
-    g_autofree unsigned char *heads = g_malloc((size_t)BATCH_PAGES * MARKER_HEAD);
+    g_autofree unsigned char *heads = g_malloc((size_t)BATCH_PAGES * SWAPSTUB_MARKER_HEAD);
     for (uint64_t i = sp.first; i < sp.first + sp.n; i += BATCH_PAGES) {
         uint64_t n = MIN((uint64_t)BATCH_PAGES, sp.first + sp.n - i);
         if (!target_pagemap(&s->t, page_addr(s, i), n, pm, error))
@@ -100,12 +98,12 @@ static bool write_markers(SwapStub *s, uint64_t cookie, Span sp, GError **error)
         for (uint64_t j = 0; j < n;) {
             uint64_t k = j;
             while (k < n && !(pm[k] & (PM_PRESENT | PM_SWAPPED))) {
-                swapstub_marker_fill(page, cookie, i + k, SWAPSTUB_ORIGIN_WRITTEN);
-                memcpy(heads + (k - j) * MARKER_HEAD, page, MARKER_HEAD);
+                swapstub_marker_head(heads + (k - j) * SWAPSTUB_MARKER_HEAD, cookie, i + k,
+                                     SWAPSTUB_ORIGIN_WRITTEN);
                 k++;
             }
-            if (k > j && !target_write_heads(&s->t, page_addr(s, i + j), k - j, MARKER_HEAD,
-                                             heads, error))
+            if (k > j && !target_write_heads(&s->t, page_addr(s, i + j), k - j,
+                                             SWAPSTUB_MARKER_HEAD, heads, error))
                 return false;
             if (k < n) {           /* touched: the whole page */
                 swapstub_marker_fill(page, cookie, i + k, SWAPSTUB_ORIGIN_WRITTEN);
@@ -215,15 +213,9 @@ static bool collect_slots(SwapStub *s, Span sp, GError **error)
         if (!target_pagemap(&s->t, page_addr(s, sp.first), sp.n, pm, error))
             return false;
         uint64_t missing = 0, first_missing = 0;
-        /* Until the type is known, every page must be where the first went
-         * (or, primed, where the scratch pages went). */
+        /* Every page must be where the primed scratch pages went (or the
+         * type given): learnt for good from the first chunk. */
         unsigned type = s->type;
-        for (uint64_t i = 0; !s->type_known && !s->primed && i < sp.n; i++) {
-            if (pm[i] & PM_SWAPPED) {
-                type = pm_swap_type(pm[i]);
-                break;
-            }
-        }
         for (uint64_t i = 0; i < sp.n; i++) {
             if (!(pm[i] & PM_SWAPPED)) {
                 if (!missing++)
@@ -299,15 +291,15 @@ static int64_t evict_by_mincore(SwapStub *s, Span sp, GError **error)
  * later pass reaches it. */
 static int64_t evict_remote(SwapStub *s, uint64_t cookie, Span sp, GError **error)
 {
-    enum { HEAD = 4 * sizeof(uint64_t) };
-    g_autofree uint64_t *head = g_malloc((size_t)BATCH_PAGES * HEAD);
+    enum { WORDS = SWAPSTUB_MARKER_HEAD / sizeof(uint64_t) };
+    g_autofree uint64_t *head = g_malloc((size_t)BATCH_PAGES * SWAPSTUB_MARKER_HEAD);
     int64_t cached = 0;
     for (uint64_t i = sp.first; i < sp.first + sp.n; i += BATCH_PAGES) {
         uint64_t n = MIN((uint64_t)BATCH_PAGES, sp.first + sp.n - i);
-        if (!target_read_heads(&s->t, page_addr(s, i), n, HEAD, head, error))
+        if (!target_read_heads(&s->t, page_addr(s, i), n, SWAPSTUB_MARKER_HEAD, head, error))
             return -1;
         for (uint64_t j = 0; j < n; j++) {
-            const uint64_t *w = head + j * 4;
+            const uint64_t *w = head + j * WORDS;
             if (w[0] != SWAPSTUB_MARKER_MAGIC || w[1] != cookie || w[2] != i + j ||
                 (w[3] != SWAPSTUB_ORIGIN_WRITTEN && w[3] != SWAPSTUB_ORIGIN_DEVICE)) {
                 g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
@@ -575,7 +567,6 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
         goto fail_early;
     }
     s->type = (unsigned)primed;
-    s->primed = true;
     s->type_known = false;         /* verified with the first chunk's pages */
     if ((dev.total_used_pages + s->pages) * 2 >= dev.total_pages) {
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_NOSPC,
@@ -592,11 +583,12 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
     if (!target_check_private_anon(&s->t, s->addr, s->pages * SS_PAGE, error))
         goto fail_early;
 
-    uint64_t markers_before;
+    uint64_t markers_before, reads_before;
     int64_t baseline = swapdev_swap_cached_pages();
     uint64_t cookie = (uint64_t)g_random_int() << 32 | g_random_int();
     expect = g_strdup_printf("markers %" G_GINT64_MODIFIER "x", cookie);
-    if (!(ok = swapstub_control(s->control, expect, error)))
+    if (!(ok = swapstub_control(s->control, expect, error)) ||
+        !swapstub_daemon_marker_reads(s, &reads_before, error))
         goto fail;
     /* One chunk after the other, each out of the swap cache before the next
      * one's markers are written. (Writing the next chunk's markers while
@@ -623,10 +615,20 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
             goto fail;
         r->evict_s += phase_seconds(&t_phase);
     }
-    /* Every page is out of the swap cache now, and only a read of one of
-     * its slots could bring one back. */
-    if (!swapstub_daemon_marker_reads(s, &s->marker_reads, error))
-        goto fail;
+    /* Every chunk was out of the swap cache when its eviction ended, and
+     * only a read of a marker slot can bring a page back. Evicting by
+     * mincore reads nothing from the device, unless a page leaves the
+     * cache between mincore and MADV_POPULATE_READ: that read (and its
+     * readahead) may bring back an earlier chunk's slots. So reads since
+     * the first chunk count: map (none_cached_since_arming) then looks at
+     * the whole region again. The global check reads every page back by
+     * design: there only reads after arming count. */
+    if (s->global_check) {
+        if (!swapstub_daemon_marker_reads(s, &s->marker_reads, error))
+            goto fail;
+    } else {
+        s->marker_reads = reads_before;
+    }
     r->marker_reads = s->marker_reads;
     r->swap_type = s->type;
     markers_off(s);

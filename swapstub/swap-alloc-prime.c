@@ -1,6 +1,7 @@
 /* Making this CPU's next swap slots come from the highest-priority device.
  *
- * The kernel (6.12 and later: percpu_swap_cluster, swap_alloc_fast) keeps,
+ * The kernel (since the allocator rework, 6.15 as far as we know:
+ * percpu_swap_cluster, swap_alloc_fast) keeps,
  * per CPU and per folio order, the swap cluster it last allocated from,
  * and takes the next slots from it whatever the devices' priorities; only
  * once that cluster is used up does it choose again, by priority. So a

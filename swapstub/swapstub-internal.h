@@ -25,7 +25,6 @@ struct SwapStub {
     uint64_t export_page;
     unsigned type;                 /* swap type of the device */
     bool type_known;               /* type is known (given, or learnt from pagemap) */
-    bool primed;                   /* type is where this CPU's page-outs now go */
     SwapStubPin pin;
     uint64_t *slot;                /* swap offset of each page at arm time */
     bool *converted;               /* page already back to plain memory */

@@ -180,10 +180,13 @@ bool target_madvise(Target *t, uint64_t addr, size_t len, int advice, GError **e
                     advice_name(advice), len, addr, who(t, b, sizeof b), g_strerror(errno));
         return false;
     }
-    /* process_madvise takes only these among the advice we use; the
-     * others are run inside the process (remote-syscall.h). */
-    if (advice != MADV_PAGEOUT && advice != MADV_WILLNEED)
+    /* process_madvise takes only these among the advice we use. Only
+     * MADV_POPULATE_READ is run inside the process (remote-syscall.h): it
+     * reads pages, where other advice (POPULATE_WRITE, DONTNEED, FREE)
+     * would change a running guest's memory under it. */
+    if (advice == MADV_POPULATE_READ)
         return ss_remote_madvise(t->pid, addr, len, advice, error);
+    g_assert(advice == MADV_PAGEOUT || advice == MADV_WILLNEED);
     size_t done = 0;
     while (done < len) {
         struct iovec iov = { (void *)(uintptr_t)(addr + done), len - done };

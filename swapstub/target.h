@@ -30,8 +30,9 @@ bool target_read_heads(Target *t, uint64_t addr, size_t n, size_t head_len, void
 bool target_write_heads(Target *t, uint64_t addr, size_t n, size_t head_len,
                         const void *heads, GError **error);
 /* madvise on any target: another process's by process_madvise
- * (MADV_PAGEOUT, MADV_WILLNEED), other advice by running madvise inside it
- * (remote-syscall.h; it stops one of its threads meanwhile). */
+ * (MADV_PAGEOUT, MADV_WILLNEED), MADV_POPULATE_READ by running madvise
+ * inside it (remote-syscall.h; it stops one of its threads meanwhile); no
+ * other advice on another process. */
 bool target_madvise(Target *t, uint64_t addr, size_t len, int advice, GError **error);
 /* mincore() of the pages at addr: bit 0 of vec[i] set if page i is in
  * memory or in the swap cache. Another process's is read by running the
