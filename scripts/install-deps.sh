@@ -10,7 +10,7 @@ busybox-static cpio
 dpkg-dev ninja-build meson python3-venv libpixman-1-dev libslirp-dev libfdt-dev
 flex bison xz-utils
 linux-source-6.1 bc libelf-dev libssl-dev rsync
-iptables iproute2"
+iptables iproute2 git"
 
 missing=""
 for p in $packages; do

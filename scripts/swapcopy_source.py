@@ -53,6 +53,51 @@ def memdev(q, block):
                   f"-machine memory-backend={block})")
 
 
+# Device state only: the RAM stays in the shared file the exporter serves
+# (source) and arrives through the swap device (destination).
+MIGRATION_CAPS = [{"capability": "x-ignore-shared", "state": True}]
+
+
+def check_source(src, a):
+    """The source QEMU must be running or paused, its RAM block a shared
+    file. Returns (state, size in bytes, the RAM file)."""
+    st = src.cmd("query-status")["status"]
+    if st not in ("running", "paused"):
+        raise Failure(f"source QEMU is '{st}', not running or paused")
+    m = memdev(src, a.block)
+    if not m.get("share"):
+        raise Failure(f"source block '{a.block}' is not share=on: its RAM must be a shared "
+                      f"file (memory-backend-file,share=on,mem-path=/dev/shm/...)")
+    ram_file = a.src_ram or src.cmd("qom-get", path=f"/objects/{a.block}",
+                                    property="mem-path")
+    return st, m["size"], ram_file
+
+
+def run_migration(src, uri, mark, on_switched):
+    """migrate to uri and wait until QEMU says completed: mark("migrate")
+    and mark("switched") at those moments, on_switched() right after.
+    Returns the last query-migrate, with the downtime and total time QEMU
+    7.2 may fill in a moment after 'completed'."""
+    mark("migrate")
+    src.cmd("migrate", uri=uri)
+    while True:
+        m = src.cmd("query-migrate")
+        st = m.get("status")
+        if st == "completed":
+            break
+        if st in ("failed", "cancelled"):
+            raise Failure(f"migration {st}: {m.get('error-desc', '')}")
+        time.sleep(0.005)
+    mark("switched")
+    on_switched()
+    for _ in range(200):
+        if "total-time" in m and "downtime" in m:
+            break
+        time.sleep(0.005)
+        m = src.cmd("query-migrate")
+    return m
+
+
 class Exporter:
     """nbd-pagesrv serving the source's RAM file read-only. It exits by
     itself once a destination has said it has every page and every client
@@ -138,19 +183,13 @@ class SourceSide:
     def mark(self, name):
         self.t[name] = time.monotonic()
 
+    def set_switched(self):
+        self.switched = True
+
     def check(self):
         a = self.a
         self.src = QMP(a.src_qmp)
-        st = self.src.cmd("query-status")["status"]
-        if st not in ("running", "paused"):
-            raise Failure(f"source QEMU is '{st}', not running or paused")
-        m = memdev(self.src, a.block)
-        if not m.get("share"):
-            raise Failure(f"source block '{a.block}' is not share=on: its RAM must be a shared "
-                          f"file (memory-backend-file,share=on,mem-path=/dev/shm/...)")
-        self.size = m["size"]
-        self.ram_file = a.src_ram or self.src.cmd("qom-get", path=f"/objects/{a.block}",
-                                                  property="mem-path")
+        st, self.size, self.ram_file = check_source(self.src, a)
         log(f"source {st}; block '{a.block}' {self.size >> 20} MiB in {self.ram_file}")
 
     def wait_ready(self):
@@ -168,24 +207,8 @@ class SourceSide:
         self.mark("ready")
 
     def migrate(self):
-        caps = [{"capability": "x-ignore-shared", "state": True}]
-        self.src.cmd("migrate-set-capabilities", capabilities=caps)
-        self.mark("migrate")
-        self.src.cmd("migrate", uri=self.a.migrate_uri)
-        while True:
-            m = self.src.cmd("query-migrate")
-            if m.get("status") == "completed":
-                break
-            if m.get("status") in ("failed", "cancelled"):
-                raise Failure(f"migration {m['status']}: {m.get('error-desc', '')}")
-            time.sleep(0.005)
-        self.mark("switched")
-        self.switched = True
-        for _ in range(200):   # 7.2 may fill the figures in a moment later
-            if "downtime" in m:
-                break
-            time.sleep(0.005)
-            m = self.src.cmd("query-migrate")
+        self.src.cmd("migrate-set-capabilities", capabilities=MIGRATION_CAPS)
+        m = run_migration(self.src, self.a.migrate_uri, self.mark, self.set_switched)
         self.downtime_ms = m.get("downtime")
         log(f"switched over: downtime {self.downtime_ms} ms; serving pages until the "
             f"destination has them all")
