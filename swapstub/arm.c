@@ -152,7 +152,7 @@ static bool pageout_again(SwapStub *s, Span sp, GError **error)
 /* The kernel may still be writing markers when MADV_PAGEOUT returns, and a
  * page under writeback cannot leave the swap cache: wait until the daemon
  * has every one. */
-static bool wait_markers_written(SwapStub *s, uint64_t before, Span sp, GError **error)
+static bool wait_markers_written(SwapStub *s, uint64_t want, Span sp, GError **error)
 {
     gint64 start = g_get_monotonic_time(), deadline = start + MARKER_WAIT_US;
     gint64 next_pass = start + G_USEC_PER_SEC;
@@ -160,7 +160,7 @@ static bool wait_markers_written(SwapStub *s, uint64_t before, Span sp, GError *
     for (;;) {
         if (!daemon_marker_pages(s, &have, error))
             return false;
-        if (have >= before + sp.n)
+        if (have >= want)
             return true;
         gint64 now = g_get_monotonic_time();
         if (now > deadline)
@@ -173,9 +173,10 @@ static bool wait_markers_written(SwapStub *s, uint64_t before, Span sp, GError *
         g_usleep(1000);
     }
     g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
-                "only %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " marker pages reached "
-                "nbd-pagesrv within %d s: is %s the highest-priority swap device, and is "
-                "zswap off?%s", have - before, sp.n, (int)(MARKER_WAIT_US / G_USEC_PER_SEC),
+                "%" G_GUINT64_FORMAT " marker pages (of the %" G_GUINT64_FORMAT " from page %"
+                G_GUINT64_FORMAT " on) did not reach nbd-pagesrv within %d s: is %s the "
+                "highest-priority swap device, and is zswap off?%s", want - MIN(have, want),
+                sp.n, sp.first, (int)(MARKER_WAIT_US / G_USEC_PER_SEC),
                 s->device, swapstub_kernel_has_madv_swapstub()
                     ? " Or is it stub-only (setup-swap.sh --stub), where swap-out never "
                       "writes: arm it with MADV_SWAPSTUB (unset SWAPSTUB_ARM_METHOD)" : "");
@@ -476,14 +477,18 @@ void swapstub_disarm(SwapStub *s)
     }
 }
 
-/* Arming goes through the region a chunk at a time, each chunk out of the
- * swap cache before the next one's markers are written: the next chunk's
- * first touch then gets the memory the last one freed, and fresh memory is
- * what costs (on these machines' hypervisor, 2-3 s per GiB the first time,
- * against 0.1 s for memory used before), and arming never holds more than
- * a chunk of the region in memory. Chunks end on 2 MiB boundaries, so
- * that huge pages page out whole. */
-#define ARM_CHUNK_BYTES (UINT64_C(128) << 20)
+/* Arming goes through the region a chunk at a time, with two chunks in
+ * flight: a chunk is out of the swap cache before the chunk after the next
+ * one gets its markers, whose first touch then gets the memory it freed.
+ * Fresh memory is what costs (on these machines' hypervisor, 2-3 s per GiB
+ * the first time, against 0.1 s for memory used before, and memory left
+ * free for a few seconds is fresh again), so chunks are small: arming
+ * never holds more than two of them in memory. 32 MiB measured best
+ * (bench/prepare-time.sh: 128 MiB chunks one at a time 0.9-1.5 s per GiB,
+ * 32 MiB two in flight 0.7-0.9; 16 MiB three in flight in between).
+ * Chunks end on 2 MiB boundaries, so that huge pages page out whole. */
+#define ARM_CHUNK_BYTES (UINT64_C(32) << 20)
+#define ARM_CHUNKS_IN_FLIGHT 2
 #define HUGE_BYTES (UINT64_C(2) << 20)
 
 static Span next_chunk(const SwapStub *s, uint64_t first)
@@ -502,6 +507,32 @@ static double phase_seconds(gint64 *t)
     double d = (double)(now - *t) / 1e6;
     *t = now;
     return d;
+}
+
+/* A chunk whose page-out was started: settled once the daemon holds
+ * `want` markers in all. */
+typedef struct {
+    Span sp;
+    uint64_t want;
+    int64_t baseline;             /* SwapCached before its markers */
+} Pending;
+
+/* Wait until the chunk's markers are all on the device, record its slots,
+ * and evict it from the swap cache. Leaves p empty. */
+static bool settle_chunk(SwapStub *s, const SwapStubConfig *cfg, uint64_t cookie, Pending *p,
+                         SwapStubArmReport *r, GError **error)
+{
+    gint64 t = g_get_monotonic_time();
+    Span sp = p->sp;
+    p->sp.n = 0;
+    if (!wait_markers_written(s, p->want, sp, error) || !collect_slots(s, sp, error))
+        return false;
+    r->pageout_s += phase_seconds(&t);
+    if (!evict(s, cookie, sp, cfg->evict_seconds ? cfg->evict_seconds : 30, p->baseline, false,
+               r, error))
+        return false;
+    r->evict_s += phase_seconds(&t);
+    return true;
 }
 
 SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GError **error)
@@ -583,18 +614,26 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
     if (!target_check_private_anon(&s->t, s->addr, s->pages * SS_PAGE, error))
         goto fail_early;
 
-    uint64_t markers_before, reads_before;
-    int64_t baseline = swapdev_swap_cached_pages();
+    uint64_t markers_base, reads_before;
+    int64_t baseline;
     uint64_t cookie = (uint64_t)g_random_int() << 32 | g_random_int();
     expect = g_strdup_printf("markers %" G_GINT64_MODIFIER "x", cookie);
     if (!(ok = swapstub_control(s->control, expect, error)) ||
-        !swapstub_daemon_marker_reads(s, &reads_before, error))
+        !swapstub_daemon_marker_reads(s, &reads_before, error) ||
+        !daemon_marker_pages(s, &markers_base, error))
         goto fail;
-    /* One chunk after the other, each out of the swap cache before the next
-     * one's markers are written. (Writing the next chunk's markers while
-     * this one's page-out travels through the device was slower: the
-     * machine is short of CPU then, not of I/O, and twice the fresh
-     * memory is in use.) */
+    /* Two chunks in flight: this chunk's markers are written and its
+     * page-out started while the previous chunk's travels through the
+     * device; then the previous one is collected and evicted, which frees
+     * its memory for the next chunk's first touch. The device path (loop,
+     * FUSE, nbdfuse, nbd-pagesrv) then seldom waits for the arming thread.
+     * The first chunk settles alone: it tells the device's swap type and
+     * whether another process's swap cache can be seen. Without that,
+     * eviction waits for the system's SwapCached to fall back, which a
+     * chunk still in flight would prevent: then it stays one at a time. */
+    Pending pend[ARM_CHUNKS_IN_FLIGHT] = { 0 };
+    unsigned npend = 0;
+    uint64_t started = 0;         /* pages whose page-out was started */
     for (Span sp = next_chunk(s, 0); sp.n; sp = next_chunk(s, sp.first + sp.n)) {
         gint64 t_phase = g_get_monotonic_time();
         /* Each chunk's own baseline: the earlier chunks are out of the swap
@@ -602,19 +641,24 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
          * there during earlier chunks (a DAMON page-out scheme does, on
          * these machines) does not count against this one. */
         baseline = swapdev_swap_cached_pages();
-        if (!daemon_marker_pages(s, &markers_before, error) ||
-            !write_markers(s, cookie, sp, error))
+        if (!write_markers(s, cookie, sp, error))
             goto fail;
         r->markers_s += phase_seconds(&t_phase);
-        if (!pageout_again(s, sp, error) || !wait_markers_written(s, markers_before, sp, error) ||
-            !collect_slots(s, sp, error))
+        if (!pageout_again(s, sp, error))
             goto fail;
+        started += sp.n;
         r->pageout_s += phase_seconds(&t_phase);
-        if (!evict(s, cookie, sp, cfg->evict_seconds ? cfg->evict_seconds : 30, baseline, false,
-                   r, error))
-            goto fail;
-        r->evict_s += phase_seconds(&t_phase);
+        pend[npend++] = (Pending){ sp, markers_base + started, baseline };
+        unsigned keep = (sp.first == 0 || s->global_check) ? 0 : ARM_CHUNKS_IN_FLIGHT - 1;
+        while (npend > keep) {
+            if (!settle_chunk(s, cfg, cookie, &pend[0], r, error))
+                goto fail;
+            memmove(pend, pend + 1, --npend * sizeof pend[0]);
+        }
     }
+    for (unsigned i = 0; i < npend; i++)
+        if (!settle_chunk(s, cfg, cookie, &pend[i], r, error))
+            goto fail;
     /* Every chunk was out of the swap cache when its eviction ended, and
      * only a read of a marker slot can bring a page back. Evicting by
      * mincore reads nothing from the device, unless a page leaves the
