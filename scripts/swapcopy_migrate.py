@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """swapcopy-migrate: postcopy-migrate a running QEMU guest through swap,
 with the QEMU every Debian user has (stock 7.2).
 
@@ -511,7 +510,9 @@ class Migration:
             self.mark("prepared")
             self.new_exporter().spawn()
             self.set_up_migration()
+            self.mark("capabilities")
             self.src_exporter.wait_listening()
+            self.mark("exporter")
         else:
             # The exporter first: a source that cannot export fails before
             # anything is set up on the destination.
@@ -520,6 +521,7 @@ class Migration:
             self.mark("prepared")
             self.set_up_migration()
         self.map()
+        self.mark("mapped")
         self.migrate()
         self.land()
         self.finish()
