@@ -704,13 +704,16 @@ fail_early:
  * the region: this runs after `migrate`). Otherwise mincore tells which
  * pages came back, and they are dropped again; without mincore (another
  * process that cannot be traced) the map is refused. */
-static bool none_cached_since_arming(SwapStub *s, SwapStubArmReport *r, GError **error)
+static bool none_cached_since_arming(SwapStub *s, SwapStubArmReport *r, bool *evicted,
+                                     GError **error)
 {
     uint64_t reads;
+    *evicted = false;
     if (!swapstub_daemon_marker_reads(s, &reads, error))
         return false;
     if (reads == s->marker_reads)
         return true;
+    *evicted = true;
     g_message("nbd-pagesrv served %" G_GUINT64_FORMAT " reads of marker slots since the region "
               "was armed: dropping whatever of it came back into the swap cache",
               reads - s->marker_reads);
@@ -726,6 +729,19 @@ static bool none_cached_since_arming(SwapStub *s, SwapStubArmReport *r, GError *
     return false;
 }
 
+typedef struct {
+    SwapStub *s;
+    bool ok;
+    GError *error;
+} VerifyJob;
+
+static gpointer verify_thread(gpointer data)
+{
+    VerifyJob *j = data;
+    j->ok = swapstub_verify_slots(j->s, &j->error);
+    return NULL;
+}
+
 bool swapstub_map(SwapStub *s, SwapStubArmReport *report, GError **error)
 {
     SwapStubArmReport local = { 0 }, *r = report ? report : &local;
@@ -734,14 +750,28 @@ bool swapstub_map(SwapStub *s, SwapStubArmReport *report, GError **error)
         g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_INVAL, "the region is mapped already");
         return false;
     }
-    /* No pagemap read before registering (at 4 GiB each read is ~10 ms on
-     * the way to the switch): nbd-pagesrv refuses to map a slot that holds
-     * a written page, so a slot that moved since arming cannot cost anyone
-     * their page, and the read after registering proves that none moved
-     * (or disarms). */
-    if (!swapstub_register_mapping(s, r, error) ||
-        !none_cached_since_arming(s, r, error) ||
-        !swapstub_verify_slots(s, error)) {
+    /* No pagemap read before registering: nbd-pagesrv refuses to map a
+     * slot that holds a written page, so a slot that moved since arming
+     * cannot cost anyone their page. The read that checks none moved runs
+     * while nbd-pagesrv registers them (each takes ~10 ms per 4 GiB, on the
+     * way to the switch). Like a read after registering, it catches a page
+     * dropped or touched since arming; neither sees what happens after it
+     * (the destination must leave its RAM alone until the switch). If
+     * pages had to be dropped from the swap cache here, the slots are read
+     * again afterwards. */
+    VerifyJob job = { s, false, NULL };
+    GThread *th = g_thread_try_new("swapstub-verify", verify_thread, &job, NULL);
+    if (!th)
+        verify_thread(&job);        /* no thread to be had: one after the other */
+    bool registered = swapstub_register_mapping(s, r, error);
+    if (th)
+        g_thread_join(th);
+    bool evicted = false;
+    if (registered && !job.ok)
+        g_propagate_error(error, g_steal_pointer(&job.error));
+    g_clear_error(&job.error);
+    if (!registered || !job.ok || !none_cached_since_arming(s, r, &evicted, error) ||
+        (evicted && !swapstub_verify_slots(s, error))) {
         swapstub_disarm(s);
         return false;
     }
