@@ -18,6 +18,7 @@ typedef struct {
     gboolean no_wait;
     gboolean quiet;
     gboolean map_later;
+    gboolean wait_go;
     char *marker_reads;
     gint swap_type;             /* -1: look it up */
     gint evict_seconds;
@@ -115,6 +116,17 @@ static int cmd_map(const Args *a, GError **error)
     SwapStub *s = swapstub_attach_armed(&cfg, reads, error);
     if (!s)
         return 1;
+    if (a->wait_go) {
+        /* Attached (the region read from pagemap) while the caller still
+         * sets the source up: register only once told to. */
+        char line[16];
+        if (!fgets(line, sizeof line, stdin) || strcmp(line, "go\n") != 0) {
+            g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                        "--wait-go: standard input ended without 'go': nothing was mapped");
+            swapstub_free(s);
+            return 1;
+        }
+    }
     SwapStubArmReport r = { 0 };
     bool ok = swapstub_map(s, &r, error);
     if (ok)
@@ -258,6 +270,9 @@ int main(int argc, char **argv)
         { "quiet", 'q', 0, G_OPTION_ARG_NONE, &a.quiet, "No progress line", NULL },
         { "map-later", 0, 0, G_OPTION_ARG_NONE, &a.map_later,
           "arm: do not register the slots yet ('map' does, once the source exists)", NULL },
+        { "wait-go", 0, 0, G_OPTION_ARG_NONE, &a.wait_go,
+          "map: take hold of the region now, register it once a line 'go' comes on "
+          "standard input (the caller starts the source meanwhile)", NULL },
         { "marker-reads", 0, 0, G_OPTION_ARG_STRING, &a.marker_reads,
           "map: the marker_reads= that 'arm --map-later' printed", "N" },
         { "swap-type", 0, 0, G_OPTION_ARG_INT, &a.swap_type,

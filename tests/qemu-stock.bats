@@ -145,12 +145,26 @@ prepare_ahead() {
     run "${prep[@]}" --prepare-only
     [ "$status" -ne 0 ]
     [[ "$output" == *"prepared already"* ]]
+    # A map that takes hold of the region ahead (--wait-go, as the
+    # migration below does) and is never told 'go' registers nothing.
+    read -r dpid daddr dlen ddev dreads dtype < <(python3 -c 'import json, sys
+s = json.load(open(sys.argv[1]))
+print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_reads"], s["swap_type"])' \
+        "${ctl%/ctl.sock}/prepared.json")
+    run "$SWAPCOPY_BUILD/swapstub" map --pid "$dpid" --addr "$daddr" --len "$dlen" --control "$ctl" \
+        --device "$ddev" --export mem --swap-type "$dtype" --marker-reads "$dreads" --wait-go </dev/null
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"without 'go': nothing was mapped"* ]]
+    st=$("$PAGESRV_CTL" "$ctl" stats)
+    [ "$(json_get "$st" store.remote_pages)" -eq 0 ]
+    [ "$(json_get "$st" store.marker_pages)" -eq 32768 ]
     # The source guest kept walking meanwhile.
     wait_for_pass "$SRC_SERIAL" $(( $(grep -c '^PASS' "$SRC_SERIAL") + 1 )) 60
     run swapcopy_migrate --source-listen "127.0.0.1:$sport" --migrate-uri "tcp:127.0.0.1:$mport"
     echo "$output"
     [ "$status" -eq 0 ]
     [[ "$output" == *"destination prepared "*" s ago"* ]]
+    [[ "$output" == *"read while the sides were checked"* ]]
     [[ "$output" == *"mapped pages=32768"* ]]
     [[ "$output" != *"armed pages="* ]]       # not armed again
     s=$(cat "$BATS_TEST_TMPDIR/summary.json")
