@@ -424,30 +424,48 @@ bool swapstub_register_mapping(SwapStub *s, SwapStubArmReport *r, GError **error
     return true;
 }
 
-/* Nothing may have moved: every page still swapped out to the slot that
- * was registered for it. Read in batches: a buffer for the whole region
- * (8 MiB per 4 GiB) is fresh memory, whose first touch costs more here
- * than the read itself, on the way to the switch. */
-bool swapstub_verify_slots(SwapStub *s, GError **error)
+/* fn over the whole region's pagemap, PAGEMAP_BATCH entries at a time:
+ * a buffer for the whole region (8 MiB per 4 GiB) is fresh memory, whose
+ * first touch costs more here than the read itself, on the way to the
+ * switch. fn gets the first page's index and returns false (with *error)
+ * to stop. */
+typedef bool (*PagemapFn)(SwapStub *s, uint64_t first, uint64_t n, const uint64_t *pm,
+                          GError **error);
+
+static bool pagemap_batches(SwapStub *s, PagemapFn fn, GError **error)
 {
     g_autofree uint64_t *pm = g_new(uint64_t, PAGEMAP_BATCH);
     for (uint64_t first = 0; first < s->pages; first += PAGEMAP_BATCH) {
         uint64_t n = MIN((uint64_t)PAGEMAP_BATCH, s->pages - first);
-        if (!target_pagemap(&s->t, page_addr(s, first), n, pm, error))
+        if (!target_pagemap(&s->t, page_addr(s, first), n, pm, error) ||
+            !fn(s, first, n, pm, error))
             return false;
-        for (uint64_t j = 0; j < n; j++) {
-            uint64_t i = first + j;
-            if (!(pm[j] & PM_SWAPPED) || pm_swap_type(pm[j]) != s->type ||
-                pm_swap_offset(pm[j]) != s->slot[i]) {
-                g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
-                            "page %" G_GUINT64_FORMAT " is no longer swapped out to slot %"
-                            G_GUINT64_FORMAT " after arming (pagemap 0x%" G_GINT64_MODIFIER
-                            "x): the region was touched during arming", i, s->slot[i], pm[j]);
-                return false;
-            }
+    }
+    return true;
+}
+
+static bool slots_unmoved(SwapStub *s, uint64_t first, uint64_t n, const uint64_t *pm,
+                          GError **error)
+{
+    for (uint64_t j = 0; j < n; j++) {
+        uint64_t i = first + j;
+        if (!(pm[j] & PM_SWAPPED) || pm_swap_type(pm[j]) != s->type ||
+            pm_swap_offset(pm[j]) != s->slot[i]) {
+            g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
+                        "page %" G_GUINT64_FORMAT " is no longer swapped out to slot %"
+                        G_GUINT64_FORMAT " after arming (pagemap 0x%" G_GINT64_MODIFIER
+                        "x): the region was touched during arming", i, s->slot[i], pm[j]);
+            return false;
         }
     }
     return true;
+}
+
+/* Nothing may have moved: every page still swapped out to the slot that
+ * was registered for it. */
+bool swapstub_verify_slots(SwapStub *s, GError **error)
+{
+    return pagemap_batches(s, slots_unmoved, error);
 }
 
 /* From here on, pages that look like markers are the guest's data. */
@@ -516,23 +534,24 @@ static double phase_seconds(gint64 *t)
     return d;
 }
 
-/* A chunk whose page-out was started: settled once the daemon holds
- * `want` markers in all. */
+/* A chunk whose page-out was started. */
 typedef struct {
     Span sp;
-    uint64_t want;
     int64_t baseline;             /* SwapCached before its markers */
 } Pending;
 
-/* Wait until the chunk's markers are all on the device, record its slots,
- * and evict it from the swap cache. Leaves p empty. */
-static bool settle_chunk(SwapStub *s, const SwapStubConfig *cfg, uint64_t cookie, Pending *p,
-                         SwapStubArmReport *r, GError **error)
+/* Wait until the chunk's markers are all on the device (chunks start at
+ * page 0 and go in order, so the daemon then holds markers_base plus
+ * every page up to the chunk's end), record its slots, and evict it from
+ * the swap cache. */
+static bool settle_chunk(SwapStub *s, const SwapStubConfig *cfg, uint64_t cookie,
+                         uint64_t markers_base, const Pending *p, SwapStubArmReport *r,
+                         GError **error)
 {
     gint64 t = g_get_monotonic_time();
     Span sp = p->sp;
-    p->sp.n = 0;
-    if (!wait_markers_written(s, p->want, sp, error) || !collect_slots(s, sp, error))
+    if (!wait_markers_written(s, markers_base + sp.first + sp.n, sp, error) ||
+        !collect_slots(s, sp, error))
         return false;
     r->pageout_s += phase_seconds(&t);
     if (!evict(s, cookie, sp, cfg->evict_seconds ? cfg->evict_seconds : 30, p->baseline, false,
@@ -640,7 +659,6 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
      * chunk still in flight would prevent: then it stays one at a time. */
     Pending pend[ARM_CHUNKS_IN_FLIGHT] = { 0 };
     unsigned npend = 0;
-    uint64_t started = 0;         /* pages whose page-out was started */
     for (Span sp = next_chunk(s, 0); sp.n; sp = next_chunk(s, sp.first + sp.n)) {
         gint64 t_phase = g_get_monotonic_time();
         /* Each chunk's own baseline: the earlier chunks are out of the swap
@@ -653,18 +671,17 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
         r->markers_s += phase_seconds(&t_phase);
         if (!pageout_again(s, sp, error))
             goto fail;
-        started += sp.n;
         r->pageout_s += phase_seconds(&t_phase);
-        pend[npend++] = (Pending){ sp, markers_base + started, baseline };
+        pend[npend++] = (Pending){ sp, baseline };
         unsigned keep = (sp.first == 0 || s->global_check) ? 0 : ARM_CHUNKS_IN_FLIGHT - 1;
         while (npend > keep) {
-            if (!settle_chunk(s, cfg, cookie, &pend[0], r, error))
+            if (!settle_chunk(s, cfg, cookie, markers_base, &pend[0], r, error))
                 goto fail;
             memmove(pend, pend + 1, --npend * sizeof pend[0]);
         }
     }
     for (unsigned i = 0; i < npend; i++)
-        if (!settle_chunk(s, cfg, cookie, &pend[i], r, error))
+        if (!settle_chunk(s, cfg, cookie, markers_base, &pend[i], r, error))
             goto fail;
     /* Every chunk was out of the swap cache when its eviction ended, and
      * only a read of a marker slot can bring a page back. Evicting by
@@ -800,6 +817,19 @@ SwapStub *swapstub_attach_armed(const SwapStubConfig *cfg, uint64_t marker_reads
     return s;
 }
 
+/* Each page's slot on the device; a page not on it is plain memory. */
+static bool record_slots(SwapStub *s, uint64_t first, uint64_t n, const uint64_t *pm,
+                         GError **error)
+{
+    (void)error;
+    for (uint64_t j = 0; j < n; j++) {
+        bool on_dev = (pm[j] & PM_SWAPPED) && pm_swap_type(pm[j]) == s->type;
+        s->slot[first + j] = on_dev ? pm_swap_offset(pm[j]) : 0;
+        s->converted[first + j] = !on_dev;
+    }
+    return true;
+}
+
 SwapStub *swapstub_attach(const SwapStubConfig *cfg, GError **error)
 {
     SwapDevInfo dev;
@@ -810,18 +840,9 @@ SwapStub *swapstub_attach(const SwapStubConfig *cfg, GError **error)
         return NULL;
     s->type = cfg->swap_type_known ? cfg->swap_type : dev.type;
     s->type_known = true;
-    g_autofree uint64_t *pm = g_new(uint64_t, PAGEMAP_BATCH);
-    for (uint64_t first = 0; first < s->pages; first += PAGEMAP_BATCH) {
-        uint64_t n = MIN((uint64_t)PAGEMAP_BATCH, s->pages - first);
-        if (!target_pagemap(&s->t, page_addr(s, first), n, pm, error)) {
-            swapstub_free(s);
-            return NULL;
-        }
-        for (uint64_t j = 0; j < n; j++) {
-            bool on_dev = (pm[j] & PM_SWAPPED) && pm_swap_type(pm[j]) == s->type;
-            s->slot[first + j] = on_dev ? pm_swap_offset(pm[j]) : 0;
-            s->converted[first + j] = !on_dev;
-        }
+    if (!pagemap_batches(s, record_slots, error)) {
+        swapstub_free(s);
+        return NULL;
     }
     return s;
 }
