@@ -39,7 +39,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from qmp import QMP, QMPError  # noqa: E402
 from swapcopy_source import (MIGRATION_CAPS, Exporter, Failure, SourceSide,  # noqa: E402
-                             check_source, log, memdev, nbd_uri, run_migration, tls_args)
+                             check_source, log, memdev, nbd_uri, run_migration, save_summary,
+                             tls_args)
 
 
 def find_pid_by_qmp(path):
@@ -98,6 +99,16 @@ class PrepareLock:
 
     def __exit__(self, *exc):
         self.f.close()
+
+
+def swapstub_command(build, verb, pid, addr, size, swap, block, swap_type, *extra):
+    """swapstub VERB for one armed RAM block. The swap type is the one
+    arming learnt: /proc/swaps' order says nothing once a lower type has
+    been swapped off."""
+    typ = ["--swap-type", str(swap_type)] if swap_type is not None else []
+    return [os.path.join(build, "swapstub"), verb, "--pid", str(pid), "--addr", hex(addr),
+            "--len", str(size), "--control", swap["CONTROL"], "--device", swap["DEVICE"],
+            "--export", block, *typ, *extra]
 
 
 def run(cmd, **kw):
@@ -161,13 +172,9 @@ class Migration:
         self.check_destination()
         self.src = QMP(a.src_qmp)
         s_state, self.size, self.ram_file = check_source(self.src, a)
-        dm = memdev(self.dst, a.block)
-        if dm.get("share"):
-            raise Failure(f"destination block '{a.block}' is shared: it must be private "
-                          f"anonymous RAM (memory-backend-ram)")
-        if self.size != dm["size"]:
+        if self.size != self.dst_size:
             raise Failure(f"block '{a.block}' is {self.size} bytes on the source but "
-                          f"{dm['size']} on the destination")
+                          f"{self.dst_size} on the destination")
         self.src_was_running = s_state == "running"
         log(f"source {s_state}, destination waiting; block '{a.block}' "
             f"{self.size >> 20} MiB in {self.ram_file}; destination pid {self.dst_pid}")
@@ -193,13 +200,8 @@ class Migration:
             f"control {self.swap['CONTROL']}")
 
     def swapstub(self, verb, *extra):
-        # The device's swap type, as arming learnt it: /proc/swaps' order
-        # says nothing once a lower type has been swapped off.
-        typ = ["--swap-type", str(self.swap_type)] if self.swap_type is not None else []
-        return [os.path.join(self.build, "swapstub"), verb, "--pid", str(self.dst_pid),
-                "--addr", hex(self.addr), "--len", str(self.dst_size), "--control",
-                self.swap["CONTROL"], "--device", self.swap["DEVICE"], "--export",
-                self.a.block, *typ, *extra]
+        return swapstub_command(self.build, verb, self.dst_pid, self.addr, self.dst_size,
+                                self.swap, self.a.block, self.swap_type, *extra)
 
     def arm(self):
         """Arm ahead: the pages are set up as swapped out, but not yet
@@ -282,11 +284,9 @@ class Migration:
         try:
             with open(self.prepared_path()) as f:
                 st = json.load(f)
-            typ = ["--swap-type", str(st["swap_type"])] if st.get("swap_type") is not None else []
-            cmd = [os.path.join(self.build, "swapstub"), "map", "--pid", str(st["dst_pid"]),
-                   "--addr", hex(st["addr"]), "--len", str(st["size"]), "--control",
-                   st["swap"]["CONTROL"], "--device", st["swap"]["DEVICE"], "--export",
-                   st["block"], *typ, "--marker-reads", str(st["marker_reads"]), "--wait-go"]
+            cmd = swapstub_command(self.build, "map", st["dst_pid"], st["addr"], st["size"],
+                                   st["swap"], st["block"], st.get("swap_type"),
+                                   "--marker-reads", str(st["marker_reads"]), "--wait-go")
         except (OSError, ValueError, KeyError, TypeError):
             return                  # nothing prepared; or load_prepared() will say why
         self.early_map = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -536,10 +536,7 @@ class Migration:
               f"max {fl['max']} us over {fl['count']} faults")
         if fl["buckets"]:
             print("  fault histogram      " + ", ".join(f"<={u}us:{n}" for u, n in fl["buckets"]))
-        if self.a.json:
-            with open(self.a.json, "w") as f:
-                json.dump(s, f, indent=1)
-        return s
+        return save_summary(self.a, s)
 
     def run(self):
         self.mark("start")

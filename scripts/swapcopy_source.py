@@ -73,6 +73,14 @@ def check_source(src, a):
     return st, m["size"], ram_file
 
 
+def save_summary(a, s):
+    """The summary also as JSON, if --json asked for it; returns it."""
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(s, f, indent=1)
+    return s
+
+
 def run_migration(src, uri, mark, on_switched):
     """migrate to uri and wait until QEMU says completed: mark("migrate")
     and mark("switched") at those moments, on_switched() right after.
@@ -251,10 +259,7 @@ class SourceSide:
         print(f"  source needed for    {s['source_needed_s']:.3f} s (migrate -> the "
               f"destination has every page)")
         print(f"  bytes served         {s['bytes_served'] / 1048576:.1f} MiB")
-        if self.a.json:
-            with open(self.a.json, "w") as f:
-                json.dump(s, f, indent=1)
-        return s
+        return save_summary(self.a, s)
 
     def run(self):
         self.mark("start")
