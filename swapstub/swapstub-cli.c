@@ -119,6 +119,8 @@ static int cmd_map(const Args *a, GError **error)
     if (a->wait_go) {
         /* Attached (the region read from pagemap) while the caller still
          * sets the source up: register only once told to. */
+        printf("attached pages=%" G_GUINT64_FORMAT "\n", swapstub_pages(s));
+        fflush(stdout);
         char line[16];
         if (!fgets(line, sizeof line, stdin) || strcmp(line, "go\n") != 0) {
             g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,

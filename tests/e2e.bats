@@ -421,6 +421,40 @@ PY
     [ "$check" = "CHECK verified=8192 wrong=0 pages=8192" ]
 }
 
+@test "a page dropped after map took hold of the region (no device read shows it) is caught after registering: refused, zeros left" {
+    arm_ahead 32
+    start_source_on_port
+    # map --wait-go reads the region's slots at once and registers them
+    # only on 'go'; the page is dropped in between, as a QEMU discarding
+    # RAM would: its swap entry is gone and nothing was read from the
+    # device, so only pagemap, read again while registering, can tell.
+    # Mapped, the page would read as zeros where the source has data.
+    mkfifo "$BATS_TEST_TMPDIR/go"
+    "$SWAPCOPY_BUILD/swapstub" map --marker-reads "$marker_reads" --pid "$hold_pid" \
+        --addr "$addr" --len "$len" --control "$CONTROL" --device "$DEVICE" --export mem \
+        --wait-go <"$BATS_TEST_TMPDIR/go" >"$BATS_TEST_TMPDIR/map.out" 2>&1 &
+    map_pid=$!
+    defer kill_wait "$map_pid"        # before the source and the holder go
+    exec {go}>"$BATS_TEST_TMPDIR/go"
+    wait_for grep -q '^attached pages=8192' "$BATS_TEST_TMPDIR/map.out"
+    kill -USR2 "$hold_pid"
+    read -r line <&"${HOLD[0]}"
+    [ "$line" = "DROPPED page=100" ]
+    echo go >&"$go"
+    exec {go}>&-
+    # Refused, then disarmed: zeros written into every page, each write
+    # reading its page back from the source first.
+    map_status=0
+    wait "$map_pid" || map_status=$?
+    cat "$BATS_TEST_TMPDIR/map.out"
+    [ "$map_status" -ne 0 ]
+    grep -q 'page 100 is no longer swapped out' "$BATS_TEST_TMPDIR/map.out"
+    run "$SWAPCOPY_BUILD/swapstub" status --control "$CONTROL" --pid "$hold_pid" --addr "$addr" \
+        --len "$len" --device "$DEVICE"
+    echo "$output"
+    [[ "$output" == *"on_device=0"* ]]
+}
+
 @test "map refuses such a region when the process's swap cache cannot be inspected, and leaves zeros" {
     arm_ahead 32
     start_source_on_port

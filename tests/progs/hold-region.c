@@ -7,7 +7,9 @@
  * Prints "ADDR=0x... LEN=..." and waits. On SIGUSR1 it reads every page
  * and compares it with CRCFILE (mkimage's checksums): prints
  * "CHECK verified=N wrong=M" and exits 0 if all are right, 1 otherwise.
- * SIGTERM ends it. --shared maps shared memory (which arming must refuse).
+ * SIGTERM ends it. SIGUSR2 drops page 100 (MADV_DONTNEED, as a QEMU
+ * discarding RAM would: no read of the device) and prints "DROPPED
+ * page=100". --shared maps shared memory (which arming must refuse).
  * --touch-every N writes a non-zero byte into every Nth page first and
  * leaves the others untouched (a source whose idle RAM is holes). */
 #include <errno.h>
@@ -60,12 +62,24 @@ int main(int argc, char **argv)
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGUSR2);
     sigaddset(&set, SIGTERM);
     sigprocmask(SIG_BLOCK, &set, NULL);
     printf("ADDR=%p LEN=%zu\n", (void *)m, len);
     fflush(stdout);
     int sig = 0;
-    if (sigwait(&set, &sig) != 0 || sig != SIGUSR1) {
+    while (sigwait(&set, &sig) == 0 && sig == SIGUSR2) {
+        enum { DROP_PAGE = 100 };
+        if (len <= (size_t)DROP_PAGE * 4096 ||
+            madvise(m + (size_t)DROP_PAGE * 4096, 4096, MADV_DONTNEED) < 0) {
+            fprintf(stderr, "hold-region: MADV_DONTNEED of page %d failed: %s\n", DROP_PAGE,
+                    len <= (size_t)DROP_PAGE * 4096 ? "region too small" : strerror(errno));
+            return 2;
+        }
+        printf("DROPPED page=%d\n", DROP_PAGE);
+        fflush(stdout);
+    }
+    if (sig != SIGUSR1) {
         g_free(sums);
         return 0;
     }
