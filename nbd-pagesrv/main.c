@@ -20,6 +20,7 @@
 #include "daemon-safety.h"
 #include "dest.h"
 #include "file-export.h"
+#include "fuse-front.h"
 #include "limits.h"
 #include "listener.h"
 #include "page-store-export.h"
@@ -38,6 +39,7 @@ typedef struct {
     char *mem_limit_arg;
     gboolean mem_prealloc;
     char *control_path;
+    char *fuse_dir;
     char **export_specs;
     char *src;
     gboolean src_later;
@@ -56,6 +58,7 @@ typedef struct {
     Server server;
     GPtrArray *listeners;          /* of Listener* */
     ControlServer *control;
+    FuseFront *fuse;
     Dest *dest;
     GMainLoop *loop;
     int exit_status;
@@ -252,6 +255,12 @@ static bool start_listening(App *app, GError **error)
                       "127.0.0.1 !!!", *p, app->tls.mode == TLS_ON ? "optional" : "off",
                       app->export_specs ? "read the guest's memory" : "use the swap device");
     }
+    if (app->fuse_dir) {
+        app->fuse = fuse_front_new(g_ptr_array_index(app->server.exports.exports, 0),
+                                   &app->server.stats, app->fuse_dir, error);
+        if (!app->fuse)
+            return false;
+    }
     if (app->control_path) {
         app->control = control_server_new(app->control_path, error);
         if (!app->control)
@@ -282,6 +291,9 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
           "RAM the page store may use before spilling (default: 256M)", "SIZE" },
         { "mem-prealloc", 0, 0, G_OPTION_ARG_NONE, &app->mem_prealloc,
           "Map and touch the whole --mem-limit at start, in the background, not as pages arrive", NULL },
+        { "fuse", 0, 0, G_OPTION_ARG_FILENAME, &app->fuse_dir,
+          "Also serve the swap device as the file DIR/nbd over FUSE, for a loop device where "
+          "the kernel has no nbd driver (DIR must exist)", "DIR" },
         { "export", 0, 0, G_OPTION_ARG_STRING_ARRAY, &app->export_specs,
           "Source role: serve FILE (or FILE@OFFSET+SIZE, e.g. a window of /proc/PID/mem) read-only as export NAME (repeatable)", "NAME=FILE" },
         { "src", 0, 0, G_OPTION_ARG_STRING, &app->src,
@@ -352,6 +364,11 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
                     "--mem-prealloc goes with --size: it preallocates the swap device's RAM pool");
         return false;
     }
+    if (app->fuse_dir && !app->size_arg) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                    "--fuse DIR goes with --size: it serves the swap device as a file");
+        return false;
+    }
     if (app->src_later && !app->src) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
                     "--src-later goes with --src HOST:PORT (the source that comes up later)");
@@ -393,9 +410,9 @@ static bool parse_options(App *app, int *argc, char ***argv, GError **error)
             return false;
         app->server.tls_mode = app->tls.mode;
     }
-    if (!app->sockets && !app->listens) {
+    if (!app->sockets && !app->listens && !app->fuse_dir) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
-                    "no address to serve on: give --socket PATH and/or --listen HOST:PORT");
+                    "no address to serve on: give --socket PATH, --listen HOST:PORT or --fuse DIR");
         return false;
     }
     return true;
@@ -408,6 +425,8 @@ static void app_free(App *app)
     /* Stop pulling first: readers waiting for the source are answered
      * (ESHUTDOWN) so their connections can end; the store outlives both. */
     dest_stop(app->dest);
+    fuse_front_free(app->fuse);
+    app->fuse = NULL;
     server_shutdown(&app->server);
     dest_free(app->dest);
     app->dest = NULL;
@@ -424,6 +443,7 @@ static void app_free(App *app)
     g_free(app->store_path);
     g_free(app->mem_limit_arg);
     g_free(app->control_path);
+    g_free(app->fuse_dir);
     g_strfreev(app->export_specs);
     g_free(app->src);
     g_free(app->fault_timeout_arg);

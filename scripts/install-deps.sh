@@ -4,7 +4,7 @@
 set -eu
 
 packages="build-essential pkg-config libglib2.0-dev libnbd-dev libnbd-bin nbdkit
-nbd-client zlib1g-dev libgnutls28-dev gnutls-bin bats e2fsprogs fuse3 util-linux kmod procps psmisc
+nbd-client zlib1g-dev libgnutls28-dev libfuse3-dev gnutls-bin bats e2fsprogs fuse3 util-linux kmod procps psmisc
 qemu-system-x86 qemu-utils clang-14 libclang-rt-14-dev python3 python3-libnbd
 busybox-static cpio
 dpkg-dev ninja-build meson python3-venv libpixman-1-dev libslirp-dev libfdt-dev
