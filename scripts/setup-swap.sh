@@ -24,6 +24,7 @@ Usage: setup-swap.sh --src HOST:PORT [--name NAME] [--size SIZE] [--state-dir DI
                      [--pagesrv PATH] [--fault-timeout SECS] [--stub|--no-stub]
                      [--src-later] [--mem-limit SIZE] [--mem-prealloc]
                      [--tls-psk FILE | --tls-certificates DIR] [--tls MODE]
+                     [--attach auto|nbd|fuse|nbdfuse]
 
   --src HOST:PORT     the migration source's nbd-pagesrv (--export ... --listen)
   --name NAME         name of this swap device (default: swapcopy)
@@ -42,6 +43,14 @@ Usage: setup-swap.sh --src HOST:PORT [--name NAME] [--size SIZE] [--state-dir DI
   --tls-certificates DIR  X.509 instead: ca-cert.pem, client-cert.pem and
                       client-key.pem, the CA the source's certificate is from
   --tls MODE          require (default with a key or certificates), on, off
+  --attach HOW        how the export becomes a block device: nbd (the kernel's
+                      nbd driver, nbd-client), fuse (nbd-pagesrv serves it as a
+                      FUSE file itself, under a loop device), nbdfuse (the same
+                      through nbdfuse, a client of its NBD socket: one more
+                      process and two more copies per page); default auto:
+                      nbd where the kernel has the driver, else fuse
+                      (\$SWAPCOPY_ATTACH sets the default, e.g. for a
+                      patched QEMU that runs this script itself)
   --stub, --no-stub   swapon as a stub-only device (SWAP_FLAG_STUB: swap-out never
                       allocates there; arming uses MADV_SWAPSTUB) or as ordinary
                       swap; default: stub-only if the kernel offers it
@@ -51,7 +60,7 @@ USAGE
 
 die() { echo "setup-swap: $*" >&2; exit 1; }
 
-src="" name=swapcopy size="" state_root=/run/swapcopy fault_timeout="" stub=auto src_later=no mem_limit="" mem_prealloc=no
+src="" name=swapcopy size="" state_root=/run/swapcopy fault_timeout="" stub=auto src_later=no mem_limit="" mem_prealloc=no attach=${SWAPCOPY_ATTACH:-auto}
 tls_psk="" tls_certs="" tls_mode=""
 pagesrv=${SWAPCOPY_BUILD:-$here/../build}/nbd-pagesrv
 [ -x "$pagesrv" ] || pagesrv=$(command -v nbd-pagesrv || true)
@@ -71,6 +80,7 @@ while [ $# -gt 0 ]; do
         --tls-psk) tls_psk=$2; shift 2 ;;
         --tls-certificates) tls_certs=$2; shift 2 ;;
         --tls) tls_mode=$2; shift 2 ;;
+        --attach) attach=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument '$1'" ;;
     esac
@@ -79,6 +89,12 @@ done
 [ -n "$src" ] || { usage >&2; die "--src HOST:PORT is required"; }
 [ "$src_later" = no ] || [ -n "$size" ] ||
     die "--src-later needs --size: the source's exports cannot be asked for their size yet (give at least twice the guest's RAM)"
+case "$attach" in
+    auto) if blockdev_have_nbd_driver; then attach=nbd; else attach=fuse; fi ;;
+    nbd) blockdev_have_nbd_driver || die "--attach nbd: this kernel has no nbd driver (modprobe nbd failed); use --attach fuse" ;;
+    fuse|nbdfuse) ;;
+    *) die "--attach $attach: give auto, nbd, fuse or nbdfuse" ;;
+esac
 [[ "$name" =~ ^[A-Za-z0-9_.-]+$ ]] || die "--name '$name' may only use letters, digits, _ . -"
 [ "$(id -u)" = 0 ] || die "must run as root (swapon, losetup and FUSE need it)"
 [ -n "$pagesrv" ] && [ -x "$pagesrv" ] || die "nbd-pagesrv not found: run 'make' or pass --pagesrv PATH"
@@ -164,6 +180,10 @@ args=(--size "$size" --socket "$sock" --control "$ctl" --src "$src")
 [ -n "$tls_psk" ] && args+=(--tls-psk "$(realpath "$tls_psk")")
 [ -n "$tls_certs" ] && args+=(--tls-certificates "$(realpath "$tls_certs")")
 [ -n "$tls_mode" ] && args+=(--tls "$tls_mode")
+if [ "$attach" = fuse ]; then
+    mkdir -p "$state/fuse"
+    args+=(--fuse "$state/fuse")
+fi
 # 9>&-: the daemons must not hold the preparation lock for their lifetime.
 setsid "$pagesrv" "${args[@]}" >"$state/pagesrv.log" 2>&1 </dev/null 9>&- &
 echo $! >"$state/pagesrv.pid"
@@ -177,7 +197,11 @@ if [ ! -S "$ctl" ]; then
     false   # triggers the ERR trap
 fi
 
-device=$(blockdev_attach "$sock" "$state" 9>&-)
+if [ "$attach" = fuse ]; then
+    device=$(blockdev_attach_served "$state/fuse" "$state" 9>&-)
+else
+    device=$(blockdev_attach "$sock" "$state" "$attach" 9>&-)
+fi
 echo "$device" >"$state/device"
 label=sc-$name
 mkswap -L "${label:0:16}" "$device" >/dev/null

@@ -71,6 +71,12 @@ if [ -f "$state/pagesrv.pid" ]; then
         fi
     fi
 fi
+# nbd-pagesrv's own FUSE mount (setup-swap.sh --attach fuse) is normally
+# gone with the loop device (blockdev_detach) or with nbd-pagesrv; one left
+# dead by a crash before the attach recorded it is unmounted here.
+if [ -d "$state/fuse" ] && _blockdev_mounted "$state/fuse"; then
+    umount -l "$state/fuse" || { echo "teardown-swap: cannot unmount $state/fuse" >&2; rc=1; }
+fi
 if [ "$rc" = 0 ]; then
     rm -rf "$state"
     rmdir "$state_root" 2>/dev/null || true

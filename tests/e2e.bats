@@ -229,11 +229,17 @@ link_fault_under_process() {
 # kill_daemon_under_process WHICH: arm a process's memory, kill WHICH
 # (pagesrv: nbd-pagesrv, or nbdfuse) while every page is still on the
 # source, then make the process read its memory.
+# With pagesrv, the device is attached the default way (nbd-pagesrv's own
+# FUSE file where the kernel has no nbd driver: its death cuts the mount
+# off); nbdfuse is in the swap path only with --attach nbdfuse.
 kill_daemon_under_process() {
     source_start 16
-    swap_setup
-    if [ "$1" = nbdfuse ] && [[ $DEVICE != /dev/loop* ]]; then
-        skip "the swap device is $DEVICE (the kernel's nbd driver): no nbdfuse in the swap path"
+    if [ "$1" = nbdfuse ]; then
+        swap_setup --attach nbdfuse
+        [[ $DEVICE == /dev/loop* ]]
+        [ -s "$STATE/nbdfuse.pid" ]
+    else
+        swap_setup
     fi
     arm_held_process 16
     [ "$(json_get "$("$PAGESRV_CTL" "$CONTROL" status)" pages.remote)" -eq 4096 ]

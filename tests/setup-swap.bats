@@ -31,21 +31,20 @@ teardown() {
     [ "$size_kb" -ge $(( 2 * 16 * 1024 )) ]
     # The daemon knows its device (for in-process users such as a patched QEMU).
     [ "$(json_get "$("$PAGESRV_CTL" "$CONTROL" device)" device)" = "$DEVICE" ]
-    # Without the kernel's nbd driver nbdfuse is in the swap path: it runs
-    # with swap-safe-preload.so, its memory locked as touched, like
-    # nbd-pagesrv's. (The OOM shield needs CAP_SYS_RESOURCE, which some
-    # containers withhold: then the preload says so in nbdfuse's log.)
+    # Without the kernel's nbd driver the loop device sits on a FUSE file
+    # that nbd-pagesrv serves itself: nothing but it in the swap path, its
+    # memory locked as touched.
     if [[ $DEVICE == /dev/loop* ]]; then
-        [ -s "$STATE/nbdfuse.pid" ]
-        fpid=$(cat "$STATE/nbdfuse.pid")
-        grep -q swap-safe-preload.so "/proc/$fpid/maps"
-        locked_kb=$(awk '/^VmLck:/ {print $2}' "/proc/$fpid/status")
-        echo "nbdfuse VmLck: $locked_kb kB"
-        [ "$locked_kb" -gt 0 ]
-        run grep "swap-safe-preload.*mlockall" "$STATE/nbdfuse.log"
+        [ ! -e "$STATE/nbdfuse.pid" ]
+        run pgrep -f "nbdfuse -P $STATE/"
         [ "$status" -eq 1 ]
-        [ "$(cat "/proc/$fpid/oom_score_adj")" = -1000 ] ||
-            grep -q "swap-safe-preload.*oom_score_adj" "$STATE/nbdfuse.log"
+        [ "$(losetup -n -O BACK-FILE "$DEVICE" | tr -d ' ')" = "$STATE/fuse/nbd" ]
+        M=$STATE/fuse awk '$2 == ENVIRON["M"] && $3 == "fuse.swapcopy" { found = 1 } END { exit !found }' /proc/self/mounts
+        locked_kb=$(awk '/^VmLck:/ {print $2}' "/proc/$pid/status")
+        echo "nbd-pagesrv VmLck: $locked_kb kB"
+        [ "$locked_kb" -gt 0 ]
+        # mkswap wrote its header through that file: counted like NBD writes.
+        [ "$(stat_field_of "$CONTROL" requests.write)" -gt 0 ]
     fi
     "$TEARDOWN" --name "$SWAP_NAME" --state-dir "$SWAP_STATE_ROOT"
     [ ! -e "$STATE" ]
@@ -54,6 +53,39 @@ teardown() {
     st=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
     [ -z "$st" ] || [ "$st" = Z ]
     [ "$(machine_state)" = "$BEFORE" ]
+}
+
+@test "setup-swap.sh --attach nbdfuse: nbdfuse in the swap path runs swap-safe, and teardown stops it" {
+    source_start 16
+    swap_setup --attach nbdfuse
+    [[ $DEVICE == /dev/loop* ]]
+    # nbdfuse runs with swap-safe-preload.so, its memory locked as touched,
+    # like nbd-pagesrv's. (The OOM shield needs CAP_SYS_RESOURCE, which some
+    # containers withhold: then the preload says so in nbdfuse's log.)
+    [ -s "$STATE/nbdfuse.pid" ]
+    fpid=$(cat "$STATE/nbdfuse.pid")
+    [ "$(losetup -n -O BACK-FILE "$DEVICE" | tr -d ' ')" = "$STATE/fuse/nbd" ]
+    grep -q swap-safe-preload.so "/proc/$fpid/maps"
+    locked_kb=$(awk '/^VmLck:/ {print $2}' "/proc/$fpid/status")
+    echo "nbdfuse VmLck: $locked_kb kB"
+    [ "$locked_kb" -gt 0 ]
+    run grep "swap-safe-preload.*mlockall" "$STATE/nbdfuse.log"
+    [ "$status" -eq 1 ]
+    [ "$(cat "/proc/$fpid/oom_score_adj")" = -1000 ] ||
+        grep -q "swap-safe-preload.*oom_score_adj" "$STATE/nbdfuse.log"
+    "$TEARDOWN" --name "$SWAP_NAME" --state-dir "$SWAP_STATE_ROOT"
+    [ ! -e "$STATE" ]
+    run pgrep -f "nbdfuse -P $STATE/"
+    [ "$status" -eq 1 ]
+}
+
+@test "setup-swap.sh refuses an unknown --attach" {
+    source_start 16
+    run "$SETUP" --src "127.0.0.1:$SRC_PORT" --name "t$$" --state-dir "$BATS_TEST_TMPDIR/run" --attach floppy
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"--attach floppy: give auto, nbd, fuse or nbdfuse"* ]]
+    [ ! -e "$BATS_TEST_TMPDIR/run/t$$" ]
 }
 
 @test "setup-swap.sh refuses a name already in use" {
@@ -141,9 +173,10 @@ other_swap() {
     wait_for pool_ready
 }
 
-@test "teardown-swap.sh undoes everything after nbd-pagesrv and nbdfuse crashed" {
+# crash_then_teardown [SETUP ARGS]: kill -9 the daemons, then teardown.
+crash_then_teardown() {
     source_start 16
-    swap_setup
+    swap_setup "$@"
     kill -9 "$(cat "$STATE/pagesrv.pid")"
     [ -f "$STATE/nbdfuse.pid" ] && kill -9 "$(cat "$STATE/nbdfuse.pid")" || true
     sleep 0.5
@@ -153,4 +186,12 @@ other_swap() {
     [ ! -e "$STATE" ]
     # A second teardown is a no-op.
     "$TEARDOWN" --name "$SWAP_NAME" --state-dir "$SWAP_STATE_ROOT"
+}
+
+@test "teardown-swap.sh undoes everything after nbd-pagesrv crashed (its own FUSE mount left dead)" {
+    crash_then_teardown
+}
+
+@test "teardown-swap.sh undoes everything after nbd-pagesrv and nbdfuse crashed" {
+    crash_then_teardown --attach nbdfuse
 }

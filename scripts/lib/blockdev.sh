@@ -3,7 +3,12 @@
 # teardown-swap.sh, demo.sh and the tests; it sets no globals and does not
 # depend on set -e (every step is checked).
 #
-#   blockdev_attach SOCKET STATEDIR   prints the device (/dev/nbdN or /dev/loopN)
+#   blockdev_attach SOCKET STATEDIR [nbd|nbdfuse]
+#                                     prints the device (/dev/nbdN or /dev/loopN);
+#                                     by default nbd where the kernel has the driver
+#   blockdev_attach_served MOUNTDIR STATEDIR
+#                                     a loop device on a FUSE file the server
+#                                     serves itself (nbd-pagesrv --fuse)
 #   blockdev_detach STATEDIR          undoes exactly what attach recorded
 #
 # With the kernel nbd driver: nbd-client. Debian 12's nbd-client (3.24)
@@ -14,7 +19,11 @@
 # nbd netlink): there it shields itself from the OOM killer, but in that
 # VM it did not stay mlocked (VmLck 0 kB).
 #
-# Without the driver: nbdfuse exposes the export as a file and a loop
+# Without the driver, nbd-pagesrv itself can serve the export as a FUSE
+# file (--fuse MOUNTDIR), and a loop device turns that into a block device:
+# blockdev_attach_served. setup-swap.sh does that by default.
+#
+# Without the driver, for any NBD server: nbdfuse exposes the export as a file and a loop
 # device turns that into a block device. That path has a user-space
 # process (nbdfuse) in the I/O path, which takes no precautions of its own
 # against being swapped out or OOM-killed: it runs with
@@ -58,6 +67,9 @@ _blockdev_have_nbd_driver() {
     command -v modprobe >/dev/null 2>&1 || return 1
     modprobe nbd >/dev/null 2>&1 && [ -e /dev/nbd0 ]
 }
+
+# Whether the kernel can attach an NBD export itself (nbd-client).
+blockdev_have_nbd_driver() { _blockdev_have_nbd_driver; }
 
 # Devices nobody uses: no client connected (no pid file) and size 0.
 _blockdev_free_nbds() {
@@ -144,20 +156,62 @@ _blockdev_attach_fuse() {
         kill "$pid" 2>/dev/null
         return 1
     fi
-    if ! dev=$(losetup -f --show --direct-io=on "$mnt/nbd" 2>"$state/losetup.log"); then
-        _blockdev_err "losetup -f --show --direct-io=on $mnt/nbd failed: $(cat "$state/losetup.log") (no free loop device? see losetup -a)"
+    _blockdev_loop_on "$mnt/nbd" "$state"
+}
+
+# A direct-I/O loop device on FILE, recorded; prints it.
+_blockdev_loop_on() {
+    local file=$1 state=$2 dev
+    if ! dev=$(losetup -f --show --direct-io=on "$file" 2>"$state/losetup.log"); then
+        _blockdev_err "losetup -f --show --direct-io=on $file failed: $(cat "$state/losetup.log") (no free loop device? see losetup -a)"
         return 1
     fi
-    _blockdev_record "$state" "loop $dev $mnt/nbd"
+    _blockdev_record "$state" "loop $dev $file"
     if [ "$(losetup -n -O DIO "$dev" | tr -d ' ')" != 1 ]; then
-        _blockdev_err "$dev on $mnt/nbd did not get direct I/O, refusing: a buffered loop device would answer swap-ins from its page cache instead of the server"
+        _blockdev_err "$dev on $file did not get direct I/O, refusing: a buffered loop device would answer swap-ins from its page cache instead of the server"
         return 1
     fi
     echo "$dev"
 }
 
+# blockdev_attach_served MOUNTDIR STATEDIR: the server mounted MOUNTDIR
+# itself and serves MOUNTDIR/nbd (nbd-pagesrv --fuse): only the loop device
+# is ours to add. Detach unmounts MOUNTDIR, which ends the server's FUSE
+# side. Prints the device.
+blockdev_attach_served() {
+    local mnt=${1:-} state=${2:-} i
+    if [ -z "$mnt" ] || [ -z "$state" ]; then
+        _blockdev_err "usage: blockdev_attach_served MOUNTDIR STATEDIR"
+        return 2
+    fi
+    if ! mkdir -p "$state" || ! state=$(cd "$state" && pwd -P) || ! mnt=$(cd "$mnt" && pwd -P); then
+        _blockdev_err "cannot reach the state directory $2 or the mount $1"
+        return 1
+    fi
+    if [ -s "$state/blockdev" ]; then
+        _blockdev_err "$state already records an attached device: run blockdev_detach $state first"
+        return 1
+    fi
+    _blockdev_record "$state" "fuse $mnt"
+    for (( i = 0; i < 1000; i++ )); do
+        _blockdev_mounted "$mnt" && [ -e "$mnt/nbd" ] && break
+        sleep 0.01
+    done
+    if ! _blockdev_mounted "$mnt" || [ ! -e "$mnt/nbd" ]; then
+        _blockdev_err "$mnt/nbd did not appear within 10 s: is the server (nbd-pagesrv --fuse $mnt) running? see its log"
+        blockdev_detach "$state" || true
+        return 1
+    fi
+    _blockdev_loop_on "$mnt/nbd" "$state" && return 0
+    blockdev_detach "$state" || _blockdev_err "could not undo the failed attach: see $state/blockdev"
+    return 1
+}
+
 blockdev_attach() {
-    local sock=${1:-} state=${2:-}
+    local sock=${1:-} state=${2:-} how=${3:-}
+    if [ -z "$how" ]; then
+        if _blockdev_have_nbd_driver; then how=nbd; else how=nbdfuse; fi
+    fi
     if [ -z "$sock" ] || [ -z "$state" ]; then
         _blockdev_err "usage: blockdev_attach SOCKET STATEDIR"
         return 2
@@ -178,11 +232,11 @@ blockdev_attach() {
         _blockdev_err "$state already records an attached device: run blockdev_detach $state first"
         return 1
     fi
-    if _blockdev_have_nbd_driver; then
-        _blockdev_attach_nbd "$sock" "$state" && return 0
-    else
-        _blockdev_attach_fuse "$sock" "$state" && return 0
-    fi
+    case "$how" in
+        nbd) _blockdev_attach_nbd "$sock" "$state" && return 0 ;;
+        nbdfuse) _blockdev_attach_fuse "$sock" "$state" && return 0 ;;
+        *) _blockdev_err "blockdev_attach: '$how' is neither nbd nor nbdfuse"; return 2 ;;
+    esac
     # Leave nothing half attached behind.
     blockdev_detach "$state" || _blockdev_err "could not undo the failed attach: see $state/blockdev"
     return 1
