@@ -11,25 +11,32 @@
 # paths alternating. QEMU's own postcopy prepares nothing (0 s): this is
 # time swapcopy spends before `migrate`, while the destination waits.
 #
-# Usage: bench/prepare-time.sh [--rounds N] [--build DIR ...] [SIZES_MIB...]
-#   (default: 3 rounds, 1024 4096 MiB, the tree's build/). Several --build
-#   compare builds side by side (e.g. an older commit's, built in a git
-#   worktree), round by round. Needs root; leaves swap, loop devices and
-#   files as it found them.
+# Usage: bench/prepare-time.sh [--rounds N] [--build DIR ...] [--attach HOW ...]
+#                              [--busy N] [SIZES_MIB...]
+#   (default: 3 rounds, 1024 4096 MiB, the tree's build/, setup-swap.sh's
+#   default attach). Several --build compare builds side by side (e.g. an
+#   older commit's, built in a git worktree), several --attach the ways of
+#   attaching the device (fuse, nbdfuse: setup-swap.sh --attach), round by
+#   round. --busy N keeps N CPUs busy meanwhile (a spinning process each), as
+#   the TCG source guest of bench/vs-qemu-postcopy does on this same host.
+#   Needs root; leaves swap, loop devices and files as it found them.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/.." && pwd)
-rounds=3 builds=() sizes=()
+rounds=3 builds=() sizes=() attaches=() busy=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds=$2; shift 2 ;;
         --build) builds+=("$(cd "$2" && pwd)"); shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --attach) attaches+=("$2"); shift 2 ;;
+        --busy) busy=$2; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) sizes+=("$1"); shift ;;
     esac
 done
 [ ${#builds[@]} -gt 0 ] || builds=("${SWAPCOPY_BUILD:-$src/build}")
 [ ${#sizes[@]} -gt 0 ] || sizes=(1024 4096)
+[ ${#attaches[@]} -gt 0 ] || attaches=(auto)
 
 die() { echo "prepare-time.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root"
@@ -41,8 +48,9 @@ done
 
 work=$(mktemp -d /tmp/prepare-time.XXXXXX)
 name=pt$$
-hold="" source=""
+hold="" source="" spinners=()
 cleanup() {
+    [ ${#spinners[@]} -eq 0 ] || kill "${spinners[@]}" 2>/dev/null
     [ -n "$hold" ] && kill "$hold" 2>/dev/null && wait "$hold" 2>/dev/null
     [ -n "$source" ] && kill "$source" 2>/dev/null && wait "$source" 2>/dev/null
     "$src/scripts/teardown-swap.sh" --name "$name" --state-dir "$work/run" >/dev/null 2>&1 || true
@@ -65,7 +73,7 @@ now() { date +%s.%N; }
 setup() {
     local t0 out
     t0=$(now)
-    out=$(SWAPCOPY_BUILD=$1 "$src/scripts/setup-swap.sh" --src "127.0.0.1:$port" --src-later \
+    out=$(SWAPCOPY_BUILD=$1 "$src/scripts/setup-swap.sh" --attach "$ATTACH" --src "127.0.0.1:$port" --src-later \
           --size "$(( 4 * $2 + 256 ))M" --name "$name" --state-dir "$work/run") ||
         die "setup-swap.sh failed"
     CTL=$(sed -n 's/^CONTROL=//p' <<<"$out") DEV=$(sed -n 's/^DEVICE=//p' <<<"$out")
@@ -101,16 +109,23 @@ j = json.loads(sys.argv[2])
 print(sys.argv[1], *(j[k] for k in ("arm_s", "markers_s", "pageout_s", "evict_s")))' "$SETUP_S" "$(tail -n 1 <<<"$out")")
 }
 
+for (( i = 0; i < busy; i++ )); do
+    bash -c 'while :; do :; done' &
+    spinners+=($!)
+done
 results=$work/results.txt
 : >"$results"
-echo "prepare-time.sh: $(date -u '+%F %H:%M') UTC, git $(git -C "$src" rev-parse --short HEAD), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "prepare-time.sh: $(date -u '+%F %H:%M') UTC, git $(git -C "$src" rev-parse --short HEAD), load $(cut -d' ' -f1-3 /proc/loadavg), $busy CPU(s) kept busy" >&2
 for (( r = 1; r <= rounds; r++ )); do
     for mib in "${sizes[@]}"; do
         for path in stock inproc; do
             for b in "${builds[@]}"; do
-                "$path" "$b" "$mib"
-                echo "$b $mib $path $LINE" >>"$results"
-                echo "round $r: $b $mib MiB $path: setup arm markers page-out eviction: $LINE" >&2
+                for ATTACH in "${attaches[@]}"; do
+                    "$path" "$b" "$mib"
+                    label=$b; [ ${#attaches[@]} -eq 1 ] || label="$b[$ATTACH]"
+                    echo "$label $mib $path $LINE" >>"$results"
+                    echo "round $r: $label $mib MiB $path: setup arm markers page-out eviction: $LINE" >&2
+                done
             done
         done
     done
