@@ -184,9 +184,12 @@ fuzz: $(FUZZERS)
 # the process's and every access costs 5-15 times as much, so a swap server
 # built with it answers the kernel too late and is itself a target of the
 # host's paging; the code they run is the code pull.bats runs, through
-# nbdfuse and libnbd instead of the kernel. tests/limits.bats measures
+# nbdfuse and libnbd instead of the kernel. tests/fuse-front.bats drives
+# nbd-pagesrv's own FUSE file (libfuse's threads into the page store)
+# without swap. tests/limits.bats measures
 # resident memory, which TSan's shadow makes meaningless.
-TSAN_TESTS := tests/protocol.bats tests/pull.bats tests/local-access.bats tests/tls.bats
+TSAN_TESTS := tests/protocol.bats tests/pull.bats tests/local-access.bats tests/tls.bats \
+              tests/fuse-front.bats
 check-tsan:
 	G_SLICE=always-malloc \
 	TSAN_OPTIONS="halt_on_error=1 abort_on_error=1 history_size=4 detect_deadlocks=0 suppressions=$(abspath tests/tsan.supp)" \

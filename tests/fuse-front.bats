@@ -61,6 +61,25 @@ start_server() {
     fallocate --punch-hole --keep-size --offset $(( 5 * 65536 )) --length 65536 "$MNT/nbd"
     cmp <(dd if="$MNT/nbd" bs=64K skip=5 count=1 iflag=direct status=none) <(head -c 64K /dev/zero)
     cmp <(dd if="$MNT/nbd" bs=64K skip=6 count=2 iflag=direct status=none) <(tail -c 128K "$BATS_TEST_TMPDIR/data")
+    # Requests in parallel (FUSE threads into the page store at once):
+    # each writer's MiB reads back whole.
+    head -c 4M /dev/urandom >"$BATS_TEST_TMPDIR/par"
+    # (Waited for by pid: a bare wait would wait for the server too.)
+    pids=()
+    for i in 0 1 2 3; do
+        dd if="$BATS_TEST_TMPDIR/par" of="$MNT/nbd" bs=64K skip=$(( 16 * i )) seek=$(( 256 + 16 * i )) \
+           count=16 oflag=direct conv=notrunc status=none &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p"; done
+    pids=()
+    for i in 0 1 2 3; do
+        dd if="$MNT/nbd" of="$BATS_TEST_TMPDIR/back$i" bs=64K skip=$(( 256 + 16 * i )) count=16 \
+           iflag=direct status=none &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p"; done
+    cat "$BATS_TEST_TMPDIR"/back{0,1,2,3} | cmp - "$BATS_TEST_TMPDIR/par"
     # Nothing is written past the end.
     run dd if="$BATS_TEST_TMPDIR/data" of="$MNT/nbd" bs=64K seek=1024 count=1 oflag=direct conv=notrunc status=none
     [ "$status" -ne 0 ]
