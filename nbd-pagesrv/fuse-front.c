@@ -257,6 +257,7 @@ static const struct fuse_lowlevel_ops ops = {
 };
 
 /* libfuse's own messages go to our log, with its level. */
+G_GNUC_PRINTF(2, 0)
 static void log_from_libfuse(enum fuse_log_level level, const char *fmt, va_list ap)
 {
     g_autofree char *msg = g_strdup_vprintf(fmt, ap);
