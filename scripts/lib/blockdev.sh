@@ -23,13 +23,13 @@
 # file (--fuse MOUNTDIR), and a loop device turns that into a block device:
 # blockdev_attach_served. setup-swap.sh does that by default.
 #
-# Without the driver, for any NBD server: nbdfuse exposes the export as a file and a loop
-# device turns that into a block device. That path has a user-space
-# process (nbdfuse) in the I/O path, which takes no precautions of its own
-# against being swapped out or OOM-killed: it runs with
-# swap-safe-preload.so (nbd-pagesrv/preload/), which locks its memory as
-# it is touched, marks it an I/O flusher and shields it from the OOM
-# killer, as nbd-pagesrv does for itself. SWAPCOPY_SWAP_SAFE_PRELOAD names
+# Without the driver, for any NBD server: nbdfuse exposes the export as a
+# file and a loop device turns that into a block device. That path has a
+# user-space process (nbdfuse) in the I/O path, which takes no precautions
+# of its own against being swapped out or OOM-killed: it runs with
+# swap-safe-preload.so (nbd-pagesrv/preload/), which locks its memory as it
+# is touched, marks it an I/O flusher and shields it from the OOM killer,
+# as nbd-pagesrv does for itself. SWAPCOPY_SWAP_SAFE_PRELOAD names
 # the library; by default the build tree's or the installed one.
 #
 # The loop device must use direct I/O. A buffered loop device keeps what
