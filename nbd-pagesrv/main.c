@@ -1,6 +1,6 @@
 /* nbd-pagesrv: the NBD server behind swapcopy's swap device.
  *
- *   destination / swap device:  nbd-pagesrv --size SIZE --socket PATH [--src HOST:PORT]
+ *   destination / swap device:  nbd-pagesrv --size SIZE --socket PATH [--fuse DIR] [--src HOST:PORT]
  *   migration source:           nbd-pagesrv --export NAME=FILE --listen HOST:PORT
  *
  * This file parses options, builds the exports, and runs the GLib main loop
