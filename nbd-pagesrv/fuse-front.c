@@ -7,7 +7,6 @@
 #include <fuse_lowlevel.h>
 #include <linux/falloc.h>
 #include <stdbool.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -15,7 +14,6 @@
 #include <unistd.h>
 
 #include "fuse-front.h"
-#include "limits.h"
 
 #define FILE_INO 2
 #define FILE_NAME "nbd"
@@ -189,6 +187,10 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
     FuseFront *ff = fuse_req_userdata(req);
     gint64 t0 = g_get_monotonic_time();
     size_t len = (size_t)length;
+    if (ff->e->read_only) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
     if (length <= 0 || !clip(ff, off, &len) || len != (size_t)length) {
         fuse_reply_err(req, length <= 0 ? EINVAL : ENOSPC);
         return;
@@ -206,10 +208,6 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
         return;
     } else {
         fuse_reply_err(req, EOPNOTSUPP);
-        return;
-    }
-    if (ff->e->read_only) {
-        fuse_reply_err(req, EROFS);
         return;
     }
     int err = 0;
