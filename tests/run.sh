@@ -59,13 +59,25 @@ sweep() {
     return "$left"
 }
 
+# Two runs of the suite on one machine would see each other's swap
+# devices, loop devices and mounts (and take each other's swap priority):
+# a second run waits for the first.
+lock=/run/swapcopy-tests.lock
+[ -w /run ] || lock=/tmp/swapcopy-tests.lock
+exec {lock_fd}>"$lock" || { echo "run.sh: cannot open the lock file $lock" >&2; exit 1; }
+if ! flock -n "$lock_fd"; then
+    echo "# run.sh: another run of the suite holds $lock; waiting for it to finish" >&2
+    flock "$lock_fd" || { echo "run.sh: flock on $lock failed" >&2; exit 1; }
+fi
+
 before=$(machine_state)
 # A signal to this script stops bats's whole session; the sweep follows.
 trap 'interrupted=1; [ -n "$bats_pid" ] && kill -TERM -- "-$bats_pid" 2>/dev/null' TERM INT HUP
 
 # --tap gives one line per test that this script can count; bats' own
 # summary is not what CI reads. --timing puts each test's duration on its line.
-TMPDIR=$run_tmp setsid bats --tap --timing "${files[@]}" >"$log" 2>&1 </dev/null &
+# The lock stays with this script: a daemon a test leaks must not hold it.
+TMPDIR=$run_tmp setsid bats --tap --timing "${files[@]}" >"$log" 2>&1 </dev/null {lock_fd}>&- &
 bats_pid=$!
 tail -n +1 -f --pid="$bats_pid" "$log" &
 tail_pid=$!
