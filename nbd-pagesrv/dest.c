@@ -83,8 +83,13 @@ static Puller *puller_for(Dest *d, const char *name, GError **error)
             return p;
     }
     /* --src-later: the source had not answered at start. */
-    if (!d->source_sizes && !list_source_exports(d, error))
-        return NULL;
+    if (!d->source_sizes) {
+        gint64 t = g_get_monotonic_time();
+        if (!list_source_exports(d, error))
+            return NULL;
+        g_message("listed the source's exports in %.1f ms, at the first map",
+                  (double)(g_get_monotonic_time() - t) / 1e3);
+    }
     SourceExport *se = g_hash_table_lookup(d->source_sizes, name);
     if (!se) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,

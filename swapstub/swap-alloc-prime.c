@@ -127,14 +127,14 @@ static bool prime_huge(unsigned char *p, int type, GError **error)
     return true;
 }
 
-int swapstub_prime_swap_alloc(SwapStubPin *pin, GError **error)
+bool swapstub_pin_here(SwapStubPin *pin, GError **error)
 {
     memset(pin, 0, sizeof *pin);
     int cpu = sched_getcpu();
     if (cpu < 0 || sched_getaffinity(0, sizeof pin->saved, &pin->saved) < 0) {
         g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
                     "cannot tell which CPU the arming thread runs on: %s", g_strerror(errno));
-        return -1;
+        return false;
     }
     cpu_set_t one;
     CPU_ZERO(&one);
@@ -142,9 +142,16 @@ int swapstub_prime_swap_alloc(SwapStubPin *pin, GError **error)
     if (sched_setaffinity(0, sizeof one, &one) < 0) {
         g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
                     "cannot pin the arming thread to CPU %d: %s", cpu, g_strerror(errno));
-        return -1;
+        return false;
     }
     pin->pinned = true;
+    return true;
+}
+
+int swapstub_prime_swap_alloc(SwapStubPin *pin, GError **error)
+{
+    if (!swapstub_pin_here(pin, error))
+        return -1;
     /* Room for a 2 MiB-aligned huge page after the small scratch pages. */
     size_t len = 3 * HUGE;
     unsigned char *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,

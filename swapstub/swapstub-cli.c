@@ -90,11 +90,11 @@ static int cmd_arm(const Args *a, GError **error)
         return 1;
     printf("armed pages=%" G_GUINT64_FORMAT " map_runs=%" G_GUINT64_FORMAT " rounds=%u "
            "cached_after_first_pageout=%" G_GUINT64_FORMAT " method=%s seconds=%.3f "
-           "markers_s=%.3f pageout_s=%.3f evict_s=%.3f map_s=%.3f mapped=%s "
+           "prime_s=%.3f markers_s=%.3f pageout_s=%.3f evict_s=%.3f map_s=%.3f mapped=%s "
            "marker_reads=%" G_GUINT64_FORMAT " swap_type=%u\n",
            r.pages, r.map_runs, r.rounds, r.still_cached_first, r.method, r.seconds,
-           r.markers_s, r.pageout_s, r.evict_s, r.map_s, a->map_later ? "no" : "yes",
-           r.marker_reads, r.swap_type);
+           r.prime_s, r.markers_s, r.pageout_s, r.evict_s, r.map_s,
+           a->map_later ? "no" : "yes", r.marker_reads, r.swap_type);
     swapstub_free(s);
     return 0;
 }

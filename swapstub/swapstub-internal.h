@@ -12,6 +12,8 @@
  * advice number). */
 #define SWAPSTUB_SYSFS "/sys/kernel/mm/swap/swapstub"
 
+#define SS_TYPE_UNSET UINT_MAX
+
 /* The arming thread pinned to one CPU (swap-alloc-prime.c). */
 typedef struct {
     cpu_set_t saved;               /* its affinity before */
@@ -23,7 +25,8 @@ struct SwapStub {
     uint64_t addr, pages;
     char *control, *device, *export_name;
     uint64_t export_page;
-    unsigned type;                 /* swap type of the device */
+    unsigned type;                 /* swap type of the device; SS_TYPE_UNSET: the first
+                                    * page swapped out while arming tells it */
     bool type_known;               /* type is known (given, or learnt from pagemap) */
     SwapStubPin pin;
     uint64_t *slot;                /* swap offset of each page at arm time */
@@ -50,6 +53,8 @@ bool swapstub_verify_slots(SwapStub *s, GError **error);
  * CPU's next swap slots (orders 0 and 9) come from the highest-priority
  * device, whose swap type it returns; -1 with *error (then not pinned). */
 int swapstub_prime_swap_alloc(SwapStubPin *pin, GError **error);
+/* Only the pinning part of it: the arming thread stays on this CPU. */
+bool swapstub_pin_here(SwapStubPin *pin, GError **error);
 void swapstub_unpin(SwapStubPin *pin);
 
 /* arm-madvise.c. Which method arms s: 1 MADV_SWAPSTUB (*advice set), 0 the

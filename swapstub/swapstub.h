@@ -45,6 +45,9 @@ typedef struct {
     double markers_s, pageout_s, evict_s, map_s;
     uint64_t marker_reads;         /* nbd-pagesrv's marker_reads when arming ended: what
                                     * swapstub_attach_armed() needs to map it later */
+    /* Exhausting a swap cluster the kernel cached for this CPU on another
+     * device (swap-alloc-prime.c); 0 when this is the only swap device. */
+    double prime_s;
 } SwapStubArmReport;
 
 /* Progress of a long operation: pages done of total, rate, time left. */
