@@ -1,6 +1,7 @@
 #ifndef SWAPSTUB_INTERNAL_H
 #define SWAPSTUB_INTERNAL_H
 
+#include <limits.h>
 #include <sched.h>
 
 #include "swapdev.h"
