@@ -613,14 +613,13 @@ SwapStub *swapstub_arm(const SwapStubConfig *cfg, SwapStubArmReport *report, GEr
         goto fail_early;
     }
     /* This CPU's page-outs may still go to a swap cluster of another
-     * device the kernel cached for it: exhaust that first, and stay on
-     * this CPU while arming. The type it then allocates on is the
-     * device's (checked against the first chunk). */
-    /* With no other swap device active, every cluster the kernel may
-     * have cached for a CPU is on this one (swapoff drops a device's), so
-     * there is nothing to exhaust: the first page swapped out tells the
-     * type. Finding it by priming took 10-20 ms here, for each of a
-     * patched QEMU's RAM blocks. */
+     * device the kernel cached for it: exhaust that first (priming), and
+     * stay on this CPU while arming; the type it then allocates on is the
+     * device's, checked against the first chunk. With no other swap device
+     * active, every cluster a CPU can have cached is on this one (swapoff
+     * drops a device's): there is nothing to exhaust, and the first page
+     * swapped out tells the type. Priming took 10-20 ms here, for each of
+     * a patched QEMU's RAM blocks. */
     bool alone = dev.total_pages == dev.size_pages;
     if (alone && !cfg->swap_type_known) {
         if (!swapstub_pin_here(&s->pin, error))
