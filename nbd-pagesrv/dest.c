@@ -117,9 +117,11 @@ static bool dest_map(Dest *d, uint64_t slot, const char *name, uint64_t page, ui
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED, "shutting down");
         return false;
     }
+    gint64 t0 = g_get_monotonic_time();
     Puller *p = puller_for(d, name, error);
     if (!p)
         return false;
+    gint64 t_puller = g_get_monotonic_time();
     PageStoreCounts c;
     page_store_counts(d->ps, &c);
     if (count == 0 || slot > c.slots || count > c.slots - slot) {
@@ -147,8 +149,10 @@ static bool dest_map(Dest *d, uint64_t slot, const char *name, uint64_t page, ui
             return false;
         }
     }
+    gint64 t_checked = g_get_monotonic_time();
     bool ok = true;
     uint64_t mapped = page_store_map_remote(d->ps, slot, count, p->id, page);
+    gint64 t_stored = g_get_monotonic_time();
     if (mapped < count) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
                     "a slot among %" G_GUINT64_FORMAT "+%" G_GUINT64_FORMAT " was written "
@@ -163,6 +167,7 @@ static bool dest_map(Dest *d, uint64_t slot, const char *name, uint64_t page, ui
             p->mapped++;
         __atomic_store_n(&p->rev[page + i], slot + i + 1, __ATOMIC_RELEASE);
     }
+    gint64 t_rev = g_get_monotonic_time();
     if (count == 0)
         return false;
     /* What was mapped before a refusal is pulled like any other mapping. */
@@ -173,6 +178,12 @@ static bool dest_map(Dest *d, uint64_t slot, const char *name, uint64_t page, ui
         d->first_map_us = g_get_monotonic_time();
     d->complete_us = 0;
     puller_start(p);
+    gint64 t_end = g_get_monotonic_time();
+    g_debug("map of %" G_GUINT64_FORMAT " slots of '%s' in %.1f ms: puller %.1f, kind check %.1f, "
+            "slot store %.1f, reverse table %.1f, threads %.1f",
+            count, name, (double)(t_end - t0) / 1e3, (double)(t_puller - t0) / 1e3,
+            (double)(t_checked - t_puller) / 1e3, (double)(t_stored - t_checked) / 1e3,
+            (double)(t_rev - t_stored) / 1e3, (double)(t_end - t_rev) / 1e3);
     return ok;
 }
 

@@ -598,6 +598,18 @@ Puller *puller_new(Dest *d, unsigned id, const char *name, const SourceExport *s
     size_t bytes = MAX((size_t)p->pages, 1) * sizeof(uint64_t);
     p->rev = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p->rev != MAP_FAILED) {
+        /* The first map writes the reverse table in full, on the way to
+         * the switch: 8 MiB per 4 GiB of fresh memory, whose first touch,
+         * a page at a time, took ~25 ms here. In huge pages populated by
+         * one call it takes ~1 ms. Both are hints: where the kernel has
+         * neither (no THP; MADV_POPULATE_WRITE is Linux 5.14), the first
+         * map takes the page faults, as before. */
+        if (madvise(p->rev, bytes, MADV_HUGEPAGE) < 0 ||
+            madvise(p->rev, bytes, MADV_POPULATE_WRITE) < 0)
+            g_debug("export '%s': the reverse table is left to fault in page by page (%s)",
+                    name, g_strerror(errno));
+    }
     if (!fds_ok || p->rev == MAP_FAILED) {
         g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno),
                     "cannot set up pulling of export '%s' (%" G_GUINT64_FORMAT " pages): %s",
