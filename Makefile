@@ -35,7 +35,7 @@ LIBSWAPSTUB := $(B)/libswapstub.a
 TEST_PROGS := $(patsubst tests/progs/%.c,$(B)/tests/%,$(wildcard tests/progs/*.c))
 BENCH_PROGS := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
-PROGRAMS := $(B)/nbd-pagesrv $(B)/pagesrv-ctl $(B)/swapstub
+PROGRAMS := $(B)/nbd-pagesrv $(B)/pagesrv-ctl $(B)/swapstub $(B)/swapcopy-handoff
 # Loaded into nbdfuse by scripts/lib/blockdev.sh. Built without sanitizers
 # whatever the configuration: it runs inside a program that has none.
 SWAP_SAFE_PRELOAD := $(B)/swap-safe-preload.so
@@ -84,6 +84,10 @@ $(B)/nbd-pagesrv: $(PAGESRV_OBJS)
 
 $(B)/pagesrv-ctl: $(B)/obj/nbd-pagesrv/pagesrv-ctl.o
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LIBS)
+
+# Small on purpose: no library beyond libc, so it starts in a millisecond.
+$(B)/swapcopy-handoff: $(B)/obj/handoff/swapcopy-handoff.o
+	$(CC) $(ALL_LDFLAGS) -o $@ $^
 
 $(B)/guest/%.o: guest/%.S
 	@mkdir -p $(dir $@)

@@ -34,6 +34,10 @@ ram=/dev/shm/swapcopy-demo-$$.ram
 pids=()
 cleanup() {
     local p
+    # A preparation whose migration did not happen (a failure, Ctrl-C) is
+    # undone before the QEMUs go; after a migration there is nothing left.
+    [ -e "$work/run/demo$$/prepared.json" ] &&
+        "$here/swapcopy-migrate" --unprepare --name "demo$$" --state-dir "$work/run" --build "$build" >&2
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
     for p in "${pids[@]}"; do
         for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done

@@ -33,14 +33,46 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from qmp import QMP, QMPError  # noqa: E402
+from swapcopy_agent import SOCKET_NAME, Agent, agent_alive  # noqa: E402
 from swapcopy_source import (MIGRATION_CAPS, Exporter, Failure, SourceSide,  # noqa: E402
-                             check_source, log, memdev, nbd_uri, run_migration, save_summary,
+                             log, memdev, nbd_uri, open_source, run_migration, save_summary,
                              tls_args)
+
+
+class JoinedThread(threading.Thread):
+    """A thread whose exception join() raises in the caller."""
+
+    def __init__(self, fn):
+        super().__init__(daemon=True)
+        self.fn, self.error = fn, None
+        self.start()
+
+    def run(self):
+        try:
+            self.fn()
+        except BaseException as e:          # noqa: B902 - handed to join()
+            self.error = e
+
+    def join(self, timeout=None):
+        super().join(timeout)
+        if self.error is not None:
+            e, self.error = self.error, None
+            raise e
+
+
+def process_alive(pid):
+    """Running, not exited (a zombie has an empty command line)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return bool(f.read(1))
+    except OSError:
+        return False
 
 
 def find_pid_by_qmp(path):
@@ -170,8 +202,7 @@ class Migration:
     def check_sides(self):
         a = self.a
         self.check_destination()
-        self.src = QMP(a.src_qmp)
-        s_state, self.size, self.ram_file = check_source(self.src, a)
+        self.src, s_state, self.size, self.ram_file = open_source(a)
         if self.size != self.dst_size:
             raise Failure(f"block '{a.block}' is {self.size} bytes on the source but "
                           f"{self.dst_size} on the destination")
@@ -238,17 +269,21 @@ class Migration:
             self.setup_swap()
             self.arm()
             self.prepare_s = time.monotonic() - t0
-        state = {"dst_pid": self.dst_pid, "addr": self.addr, "size": self.dst_size,
-                 "block": self.a.block, "source_listen": self.source_addr,
-                 "swap": self.swap, "marker_reads": self.marker_reads,
-                 "swap_type": self.swap_type,
-                 "prepare_s": round(self.prepare_s, 3), "prepared_at": time.time()}
-        tmp = self.prepared_path() + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f, indent=1)
-        os.replace(tmp, self.prepared_path())
+        self.prepared_state = {
+            "dst_pid": self.dst_pid, "addr": self.addr, "size": self.dst_size,
+            "block": self.a.block, "source_listen": self.source_addr, "swap": self.swap,
+            "marker_reads": self.marker_reads, "swap_type": self.swap_type,
+            "prepare_s": round(self.prepare_s, 3), "prepared_at": time.time()}
+        self.save_prepared()
         log(f"destination prepared in {self.prepare_s:.3f} s ({self.dst_size >> 20} MiB armed "
             f"on {self.swap['DEVICE']}); state in {self.prepared_path()}")
+
+    def save_prepared(self, **more):
+        self.prepared_state.update(more)
+        tmp = self.prepared_path() + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.prepared_state, f, indent=1)
+        os.replace(tmp, self.prepared_path())
 
     def load_prepared(self):
         """The state an earlier --prepare-only left, if it is for this
@@ -261,6 +296,11 @@ class Migration:
         except (OSError, ValueError) as e:
             raise Failure(f"cannot read the prepared state {self.prepared_path()}: {e}; "
                           f"undo it with --unprepare")
+        agent = st.get("agent_pid")
+        if agent and agent != os.getpid() and agent_alive(agent):
+            raise Failure(f"the agent (pid {agent}) that --prepare-only left for this destination "
+                          f"is migrating it already, or declined this command (see "
+                          f"{os.path.dirname(self.prepared_path())}.agent.log)")
         if st["dst_pid"] != self.dst_pid or st["size"] != self.dst_size or \
                 st["block"] != self.a.block or st["source_listen"] != self.source_addr:
             raise Failure(f"{self.prepared_path()} was prepared for destination pid "
@@ -545,19 +585,13 @@ class Migration:
         self.check_sides()
         self.prepared_ahead = self.load_prepared() is not None
         if self.prepared_ahead:
-            self.mark("prepared")
-            self.new_exporter().spawn()
-            self.set_up_migration()
-            self.mark("capabilities")
-            self.src_exporter.wait_listening()
-            self.mark("exporter")
-        else:
-            # The exporter first: a source that cannot export fails before
-            # anything is set up on the destination.
-            self.new_exporter().start()
-            self.prepare()
-            self.mark("prepared")
-            self.set_up_migration()
+            return self.migrate_prepared()
+        # The exporter first: a source that cannot export fails before
+        # anything is set up on the destination.
+        self.new_exporter().start()
+        self.prepare()
+        self.mark("prepared")
+        self.set_up_migration()
         self.map()
         self.mark("mapped")
         self.migrate()
@@ -565,7 +599,69 @@ class Migration:
         self.finish()
         return self.summary()
 
-    def run_prepare_only(self):
+    def migrate_prepared(self, destination_ready=None):
+        """The destination is prepared and both sides are checked: the
+        source's exporter, the map, the switch; then the landing.
+        destination_ready: a thread setting the destination's side up
+        meanwhile (run_prepared), joined before the map."""
+        self.mark("prepared")
+        # Its answer is read just before `migrate`: the busy source QEMU
+        # answers while the exporter starts and the pages are registered.
+        self.src.send("migrate-set-capabilities", capabilities=MIGRATION_CAPS)
+        self.new_exporter().spawn()
+        if destination_ready is None:
+            self.set_up_incoming()
+        else:
+            destination_ready.join()
+        self.mark("capabilities")
+        self.src_exporter.wait_listening()
+        self.mark("exporter")
+        self.map()
+        self.mark("mapped")
+        self.src.reply("migrate-set-capabilities")
+        self.migrate()
+        self.land()
+        self.finish()
+        return self.summary()
+
+    def run_prepared(self):
+        """In the agent --prepare-only left (swapcopy_agent.py), told to
+        migrate: the destination was checked and prepared by this process,
+        and the early map holds the region. The destination's QMP steps
+        run in a thread while the source is checked and its exporter
+        starts: the two QEMUs answer at once, not one after the other."""
+        self.t = {}
+        self.mark("start")
+        a = self.a
+        self.prepared_ahead = True
+        dst = JoinedThread(self.ready_destination)
+        try:
+            self.src, s_state, self.size, self.ram_file = open_source(a)
+            if self.size != self.dst_size:
+                raise Failure(f"block '{a.block}' is {self.size} bytes on the source but "
+                              f"{self.dst_size} on the destination")
+            self.src_was_running = s_state == "running"
+            log(f"source {s_state}; block '{a.block}' {self.size >> 20} MiB in {self.ram_file}; "
+                f"destination pid {self.dst_pid}, prepared "
+                f"{time.time() - self.prepared_state['prepared_at']:.0f} s ago in "
+                f"{self.prepare_s:.3f} s (its agent, pid {os.getpid()}, migrates)")
+            return self.migrate_prepared(destination_ready=dst)
+        finally:
+            # On a failure before the join: the destination's steps end
+            # before anything is undone (their own failure is not the one
+            # reported).
+            threading.Thread.join(dst)
+
+    def ready_destination(self):
+        """Still waiting with -incoming, and listening for the migration."""
+        self.dst = QMP(self.a.dst_qmp)
+        d_state = self.dst.cmd("query-status")["status"]
+        if d_state != "inmigrate":
+            raise Failure(f"destination QEMU is '{d_state}', no longer waiting with -incoming: "
+                          f"undo the preparation with --unprepare")
+        self.set_up_incoming()
+
+    def run_prepare_only(self, parser):
         self.check_destination()
         if os.path.exists(self.prepared_path()):
             raise Failure(f"{self.prepared_path()} exists: this destination is prepared "
@@ -575,9 +671,37 @@ class Migration:
         except BaseException:
             self.teardown()
             raise
-        print(f"prepared {self.dst_size >> 20} MiB in {self.prepare_s:.3f} s: now run "
+        # QEMU serves one QMP client at a time: the agent connects again
+        # when it migrates.
+        self.dst.close()
+        try:
+            agent = f"its agent (pid {Agent(self, parser).start()}) waits for it"
+        except OSError as e:
+            # Still prepared: a migration then runs without the agent's head
+            # start (~0.1 s more between the command and the switch).
+            log(str(e))
+            agent = "no agent waits for it"
+        print(f"prepared {self.dst_size >> 20} MiB in {self.prepare_s:.3f} s; {agent}: now run "
               f"swapcopy-migrate with the same --name, --state-dir and --source-listen, "
               f"and --src-qmp")
+
+    def stop_agent(self, st):
+        """The agent --prepare-only left, told to go (SIGTERM) before its
+        preparation is undone; refused while it migrates."""
+        pid = st.get("agent_pid")
+        if not pid or not agent_alive(pid):
+            return
+        if not os.path.exists(os.path.join(os.path.dirname(self.prepared_path()), SOCKET_NAME)):
+            raise Failure(f"the agent (pid {pid}) of this prepared destination is migrating it: "
+                          f"interrupt that swapcopy-migrate (Ctrl-C) to cancel the migration")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while agent_alive(pid):
+            if time.monotonic() > deadline:
+                raise Failure(f"the agent (pid {pid}) of this prepared destination did not exit "
+                              f"within 30 s of SIGTERM: see "
+                              f"{os.path.dirname(self.prepared_path())}.agent.log")
+            time.sleep(0.01)
 
     def run_unprepare(self):
         """Undo a preparation that will not be used: the destination's RAM
@@ -588,11 +712,19 @@ class Migration:
                 st = json.load(f)
         except FileNotFoundError:
             st = None
+        if st and os.getpid() != st.get("agent_pid"):
+            self.stop_agent(st)
         if st:
             self.swap, self.addr, self.dst_size = st["swap"], st["addr"], st["size"]
             self.dst_pid, self.swap_type = st["dst_pid"], st.get("swap_type")
-            if os.path.exists(f"/proc/{self.dst_pid}"):
-                log(run(self.swapstub("disarm")).strip())
+            if process_alive(self.dst_pid):
+                try:
+                    log(run(self.swapstub("disarm")).strip())
+                except Failure:
+                    if process_alive(self.dst_pid):
+                        raise
+                    log(f"the destination QEMU (pid {self.dst_pid}) exited meanwhile: its RAM "
+                        f"went with it")
         self.swap = self.swap or {}
         self.swap.setdefault("name", self.a.name)
         self.teardown(force=True)
@@ -625,8 +757,11 @@ class Migration:
         self.teardown()
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def build_parser():
+    # No abbreviated options: swapcopy-handoff finds --name and
+    # --state-dir on the command line without this parser.
+    ap = argparse.ArgumentParser(prog="swapcopy-migrate", allow_abbrev=False,
+                                 description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--role", choices=("both", "source", "destination"), default="both",
                     help="both sides on this host (default), or this host's side of a "
@@ -667,6 +802,30 @@ def main():
                          "later run with the same --name/--state-dir migrates")
     ap.add_argument("--unprepare", action="store_true",
                     help="undo a --prepare-only whose migration will not happen")
+    return ap
+
+
+def execute(m, a, step):
+    """Run one of Migration's steps with swapcopy-migrate's exit statuses:
+    a migration that fails or is interrupted before the switch is undone."""
+    quiet = a.unprepare or a.prepare_only
+    try:
+        step()
+    except (Failure, QMPError, OSError) as e:
+        if quiet:
+            log(f"FAILED: {e}")
+        else:
+            m.abort(str(e))
+        return 1
+    except KeyboardInterrupt:
+        if not quiet:
+            m.abort("interrupted")
+        return 130
+    return 0
+
+
+def main():
+    ap = build_parser()
     a = ap.parse_args()
     if a.role == "source":
         if not a.src_qmp or a.dst_qmp or a.prepare_only or a.unprepare:
@@ -699,26 +858,11 @@ def main():
         return 2
     m = Migration(a)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        if a.unprepare:
-            m.run_unprepare()
-        elif a.prepare_only:
-            m.run_prepare_only()
-        elif a.role == "destination":
-            m.run_destination()
-        else:
-            m.run()
-    except (Failure, QMPError, OSError) as e:
-        if a.unprepare or a.prepare_only:
-            log(f"FAILED: {e}")
-        else:
-            m.abort(str(e))
-        return 1
-    except KeyboardInterrupt:
-        if not a.unprepare and not a.prepare_only:
-            m.abort("interrupted")
-        return 130
-    return 0
+    if a.unprepare:
+        return execute(m, a, m.run_unprepare)
+    if a.prepare_only:
+        return execute(m, a, lambda: m.run_prepare_only(ap))
+    return execute(m, a, m.run_destination if a.role == "destination" else m.run)
 
 
 if __name__ == "__main__":

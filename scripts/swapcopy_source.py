@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from qmp import QMP
+from qmp import QMP, QMPError
 
 
 class Failure(Exception):
@@ -45,12 +45,16 @@ def nbd_uri(a, hostport, export):
     return f"nbd://{hostport}/{export}"
 
 
-def memdev(q, block):
-    for m in q.cmd("query-memdev"):
+def find_memdev(memdevs, path, block):
+    for m in memdevs:
         if m.get("id") == block:
             return m
-    raise Failure(f"{q.path}: no memory backend '{block}' (start QEMU with "
+    raise Failure(f"{path}: no memory backend '{block}' (start QEMU with "
                   f"-machine memory-backend={block})")
+
+
+def memdev(q, block):
+    return find_memdev(q.cmd("query-memdev"), q.path, block)
 
 
 # Device state only: the RAM stays in the shared file the exporter serves
@@ -58,19 +62,28 @@ def memdev(q, block):
 MIGRATION_CAPS = [{"capability": "x-ignore-shared", "state": True}]
 
 
-def check_source(src, a):
-    """The source QEMU must be running or paused, its RAM block a shared
-    file. Returns (state, size in bytes, the RAM file)."""
-    st = src.cmd("query-status")["status"]
+def open_source(a):
+    """Connect to the source QEMU, which must be running or paused, its RAM
+    block a shared file. The three questions go out with the connection.
+    Returns (QMP, state, size in bytes, the RAM file)."""
+    asked = [("query-status", {}), ("query-memdev", {})]
+    if not a.src_ram:
+        asked.append(("qom-get", {"path": f"/objects/{a.block}", "property": "mem-path"}))
+    src = QMP(a.src_qmp, first=asked)
+    for answer in src.first:
+        if isinstance(answer, QMPError) and answer is not src.first[-1]:
+            raise answer
+    st = src.first[0]["status"]
     if st not in ("running", "paused"):
         raise Failure(f"source QEMU is '{st}', not running or paused")
-    m = memdev(src, a.block)
+    m = find_memdev(src.first[1], src.path, a.block)
     if not m.get("share"):
         raise Failure(f"source block '{a.block}' is not share=on: its RAM must be a shared "
                       f"file (memory-backend-file,share=on,mem-path=/dev/shm/...)")
-    ram_file = a.src_ram or src.cmd("qom-get", path=f"/objects/{a.block}",
-                                    property="mem-path")
-    return st, m["size"], ram_file
+    ram_file = a.src_ram or src.first[2]
+    if isinstance(ram_file, QMPError):
+        raise ram_file
+    return src, st, m["size"], ram_file
 
 
 def save_summary(a, s):
@@ -196,8 +209,7 @@ class SourceSide:
 
     def check(self):
         a = self.a
-        self.src = QMP(a.src_qmp)
-        st, self.size, self.ram_file = check_source(self.src, a)
+        self.src, st, self.size, self.ram_file = open_source(a)
         log(f"source {st}; block '{a.block}' {self.size >> 20} MiB in {self.ram_file}")
 
     def wait_ready(self):

@@ -120,10 +120,28 @@ teardown() {
 # prepare_ahead: swapcopy-migrate --prepare-only for the pair; sets prep
 # (the command line, to run again with --prepare-only or --unprepare) and
 # the ports sport mport a later swapcopy_migrate must use.
+# agent_of STATEDIR: the pid of the agent --prepare-only left there.
+agent_of() {
+    python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["agent_pid"])' "$1/prepared.json"
+}
+
+# gone PID: wait up to 30 s for it to exit (a zombie counts as gone).
+gone() {
+    local i
+    for (( i = 0; i < 300; i++ )); do
+        [ -s "/proc/$1/cmdline" ] || return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 prepare_ahead() {
     free_port_pair sport mport || return 1
     prep=("$SWAPCOPY_SRC/scripts/swapcopy-migrate" --dst-qmp "$DST_QMP" --name "t$$-$BATS_TEST_NUMBER"
           --state-dir "$BATS_TEST_TMPDIR/run" --source-listen "127.0.0.1:$sport")
+    # Undone even if the test fails: --unprepare stops the agent the
+    # preparation leaves, and runs before the QEMUs are killed.
+    defer "${prep[@]}" --unprepare
     run "${prep[@]}" --prepare-only
     echo "$output"
     [ "$status" -eq 0 ]
@@ -141,6 +159,11 @@ prepare_ahead() {
     st=$("$PAGESRV_CTL" "$ctl" stats)
     [ "$(json_get "$st" store.marker_pages)" -eq 32768 ]
     [ "$(json_get "$st" store.remote_pages)" -eq 0 ]
+    # It left an agent waiting for the migration, detached from the caller.
+    agent=$(agent_of "${ctl%/ctl.sock}")
+    kill -0 "$agent"
+    [ -S "${ctl%/ctl.sock}/agent.sock" ]
+    [ "$(ps -o sid= -p "$agent")" -eq "$agent" ]
     # A second preparation of the same name is refused, not stacked.
     run "${prep[@]}" --prepare-only
     [ "$status" -ne 0 ]
@@ -163,8 +186,11 @@ print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_re
     run swapcopy_migrate --source-listen "127.0.0.1:$sport" --migrate-uri "tcp:127.0.0.1:$mport"
     echo "$output"
     [ "$status" -eq 0 ]
-    [[ "$output" == *"destination prepared "*" s ago"* ]]
+    # The agent ran it, writing to this command's output; then it exited.
+    [[ "$output" == *"prepared "*" s ago in "*"(its agent, pid $agent, migrates)"* ]]
     [[ "$output" == *"read while the sides were checked"* ]]
+    [ ! -s "/proc/$agent/cmdline" ]           # gone (or a zombie) when the command returns
+    grep -q "took the migration" "${ctl%/ctl.sock}.agent.log"
     [[ "$output" == *"mapped pages=32768"* ]]
     [[ "$output" != *"armed pages="* ]]       # not armed again
     s=$(cat "$BATS_TEST_TMPDIR/summary.json")
@@ -179,10 +205,12 @@ print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_re
     qemu_pair_start 64
     prepare_ahead
     [ "$(machine_state)" != "$BEFORE" ]      # a swap device is up
+    agent=$(agent_of "$BATS_TEST_TMPDIR/run/t$$-$BATS_TEST_NUMBER")
     run "${prep[@]}" --unprepare
     echo "$output"
     [ "$status" -eq 0 ]
     [[ "$output" == *"destination unprepared"* ]]
+    [ ! -s "/proc/$agent/cmdline" ]           # the agent was stopped first
     [ "$(machine_state)" = "$BEFORE" ]
     [ ! -e "$BATS_TEST_TMPDIR/run/t$$-$BATS_TEST_NUMBER" ]
     # The destination still waits, its RAM plain zeros as a fresh QEMU's;
@@ -201,4 +229,37 @@ with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
     f.seek(ram[0])
     assert f.read(size) == bytes(size), "the destination's RAM is not zero after --unprepare"
 PY
+}
+
+@test "stock QEMU: a prepared destination whose QEMU quits is undone by the agent waiting for it" {
+    qemu_pair_start 64
+    prepare_ahead
+    dir=$BATS_TEST_TMPDIR/run/t$$-$BATS_TEST_NUMBER
+    agent=$(agent_of "$dir")
+    kill_wait_any "$DST_QPID"
+    gone "$agent"
+    cat "$dir.agent.log"
+    grep -q "exited: undoing the preparation" "$dir.agent.log"
+    [ "$(machine_state)" = "$BEFORE" ]
+    [ ! -e "$dir" ]
+    [ "$(qmp "$SRC_QMP" query-status | json_get "$(cat)" status)" = running ]
+}
+
+@test "stock QEMU: with its agent killed, a prepared destination is still migrated to, by the command itself" {
+    qemu_pair_start 64 -kernel "$SWAPCOPY_BUILD/guest/memwalk.elf"
+    wait_for_pass "$SRC_SERIAL" 2 60
+    prepare_ahead
+    agent=$(agent_of "$BATS_TEST_TMPDIR/run/t$$-$BATS_TEST_NUMBER")
+    kill -KILL "$agent"
+    gone "$agent"
+    run swapcopy_migrate --source-listen "127.0.0.1:$sport" --migrate-uri "tcp:127.0.0.1:$mport"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"destination prepared "*" s ago in "* ]]
+    [[ "$output" != *"its agent"* ]]
+    [[ "$output" != *"armed pages="* ]]       # not armed again
+    [ "$(json_get "$(cat "$BATS_TEST_TMPDIR/summary.json")" prepared_ahead)" = True ]
+    wait_for_pass "$DST_SERIAL" $(( $(grep -c '^PASS' "$DST_SERIAL") + 2 )) 120
+    run grep '^ERROR' "$SRC_SERIAL" "$DST_SERIAL"
+    [ "$status" -eq 1 ]
 }

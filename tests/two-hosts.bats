@@ -78,6 +78,32 @@ crossed_veth() {
     [ "$(json_get "$(cat "$SRC_JSON")" bytes_served)" -ge "$(json_get "$(cat "$DST_JSON")" bytes_fetched)" ]
 }
 
+@test "two hosts, stock QEMU: the destination prepared ahead; the agent it left runs the destination's side" {
+    local name=t$$-$BATS_TEST_NUMBER state=$BATS_TEST_TMPDIR/run agent
+    netns_pair
+    QEMU_NETNS_SRC=$NS_SRC QEMU_NETNS_DST=$NS_DST \
+        qemu_pair_start 64 -kernel "$SWAPCOPY_BUILD/guest/memwalk.elf"
+    wait_for_pass "$SRC_SERIAL" 2 60
+    defer in_ns "$NS_DST" "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --unprepare \
+        --name "$name" --state-dir "$state/dst"
+    run in_ns "$NS_DST" "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --role destination --prepare-only \
+        --dst-qmp "$DST_QMP" --source "$SRC_IP:4444" --name "$name" --state-dir "$state/dst"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    agent=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["agent_pid"])' \
+        "$state/dst/$name/prepared.json")
+    two_host_stock
+    # The destination's command was handed to the agent, in its namespace.
+    grep -q "the armed region was read while the sides were checked" "$DST_OUT"
+    [ "$(json_get "$(cat "$DST_JSON")" prepared_ahead)" = True ]
+    grep -q "took the migration" "$state/dst/$name.agent.log"
+    [ ! -s "/proc/$agent/cmdline" ]
+    wait_for_pass "$DST_SERIAL" $(( $(grep -c '^PASS' "$DST_SERIAL") + 3 )) 120
+    run grep '^ERROR' "$SRC_SERIAL" "$DST_SERIAL"
+    [ "$status" -eq 1 ]
+    crossed_veth "$DST_JSON"
+}
+
 @test "two hosts, stock QEMU, TLS-PSK on the link: the pages cross encrypted, a plain client gets nothing" {
     local name=t$$-$BATS_TEST_NUMBER state=$BATS_TEST_TMPDIR/run spid st=0
     netns_pair
