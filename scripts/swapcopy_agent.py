@@ -37,9 +37,10 @@ def agent_alive(pid):
     """Whether `pid` is still a swapcopy-migrate agent (not a reused pid)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"swapcopy-migrate" in f.read()
+            args = f.read()
     except OSError:
         return False
+    return b"swapcopy_migrate_main.py" in args or b"swapcopy-migrate" in args
 
 
 class Agent:
@@ -146,6 +147,8 @@ class Agent:
             m.run_unprepare()
             return 1
         m.start_early_map()
+        if m.a.role == "both":
+            m.start_exporter_ahead()
         poller = select.poll()
         poller.register(listener, select.POLLIN)
         poller.register(qemu, select.POLLIN)
@@ -156,6 +159,7 @@ class Agent:
                     log(f"{m.prepared_path()} is gone: nothing left to migrate")
                     self.unlink_socket()
                     m.drop_early_map()
+                    m.drop_exporter_ahead()
                     return 0
                 for fd, _ in poller.poll(1000):
                     if fd == qemu:
@@ -163,6 +167,7 @@ class Agent:
                             f"preparation")
                         self.unlink_socket()
                         m.drop_early_map()
+                        m.drop_exporter_ahead()
                         m.run_unprepare()
                         return 0
                     conn, _ = listener.accept()
@@ -173,6 +178,7 @@ class Agent:
             log("stopped; the preparation stays (swapcopy-migrate --unprepare undoes it)")
             self.unlink_socket()
             m.drop_early_map()
+            m.drop_exporter_ahead()
             return 0
 
     def unlink_socket(self):

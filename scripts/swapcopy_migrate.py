@@ -162,6 +162,7 @@ class Migration:
         self.switched = False
         self.swap_type = None
         self.early_map = None
+        self.exporter_ahead = None
         # Where the destination reaches the source's exporter: the same
         # address it listens on, unless the two are on different hosts.
         self.source_addr = args.source or args.source_listen
@@ -214,6 +215,32 @@ class Migration:
         self.src_exporter = Exporter(self.build, self.a.state_dir, self.a.name, self.a.block,
                                      self.ram_file, self.a.source_listen, tls_args(self.a))
         return self.src_exporter
+
+    def start_exporter_ahead(self):
+        """The agent of a destination prepared on the source's host: the
+        exporter's process starts now, and learns its RAM file from the
+        source's QEMU at `migrate` (spawn_exporter)."""
+        self.exporter_ahead = Exporter(self.build, self.a.state_dir, self.a.name, self.a.block,
+                                       None, self.a.source_listen, tls_args(self.a))
+        self.exporter_ahead.spawn(ahead=True)
+
+    def drop_exporter_ahead(self):
+        e, self.exporter_ahead = self.exporter_ahead, None
+        if e is not None:
+            e.cancel()
+
+    def spawn_exporter(self):
+        """The source's exporter: the one started ahead if it was started
+        with what this run asks for, else a new one."""
+        e = self.exporter_ahead
+        if e is not None and e.alive() and e.listen == self.a.source_listen and \
+                e.tls == tls_args(self.a) and e.build == self.build:
+            self.exporter_ahead = None
+            self.src_exporter = e
+            e.give(self.a.block, self.ram_file)
+            return
+        self.drop_exporter_ahead()
+        self.new_exporter().spawn()
 
     def setup_swap(self):
         # The source's exporter need not exist yet (--src-later): so the
@@ -343,12 +370,24 @@ class Migration:
         p = self.early_map
         if p is not None and p.args == cmd + ["--wait-go"]:
             self.early_map = None
-            out, err = p.communicate("go\n")
-            if p.returncode != 0:
-                raise Failure(f"{' '.join(p.args)} failed: {err.strip() or out.strip()}")
-            log("the armed region was read while the sides were checked (swapstub map "
-                "--wait-go), and registered now")
-            return out
+            # Done once it says so: its exit (freeing what it read of the
+            # region) is not waited for on the way to the switch.
+            out = []
+            try:
+                p.stdin.write("go\n")
+                p.stdin.close()
+                for line in p.stdout:
+                    out.append(line)
+                    if line.startswith("mapped "):
+                        threading.Thread(target=p.communicate, daemon=True).start()
+                        log("the armed region was read while the sides were checked (swapstub "
+                            "map --wait-go), and registered now")
+                        return "".join(out)
+            except OSError:
+                pass                        # it is gone: its status says why
+            rest, err = p.communicate()
+            raise Failure(f"{' '.join(p.args)} failed (status {p.returncode}): "
+                          f"{err.strip() or (''.join(out) + rest).strip()}")
         self.drop_early_map()
         return run(cmd)
 
@@ -524,6 +563,7 @@ class Migration:
                 log(f"swap device detached in {time.monotonic() - t0:.3f} s {r.stderr}")
         if self.src_exporter:
             self.src_exporter.stop()
+        self.drop_exporter_ahead()
 
     def summary(self):
         t = self.t
@@ -608,7 +648,7 @@ class Migration:
         # Its answer is read just before `migrate`: the busy source QEMU
         # answers while the exporter starts and the pages are registered.
         self.src.send("migrate-set-capabilities", capabilities=MIGRATION_CAPS)
-        self.new_exporter().spawn()
+        self.spawn_exporter()
         if destination_ready is None:
             self.set_up_incoming()
         else:

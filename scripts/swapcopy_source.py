@@ -135,13 +135,37 @@ class Exporter:
         self.control = os.path.join(state_dir, f"{name}.exporter.ctl")
         self.proc = None
 
-    def spawn(self):
+    def spawn(self, ahead=False):
+        """ahead: before the RAM file is known (a prepared destination's
+        agent): the process starts, and waits for give() before it opens
+        anything or listens."""
+        export = ["--exports-on-stdin"] if ahead else ["--export", f"{self.block}={self.ram_file}"]
         with open(self.log_path, "w") as logf:
             self.proc = subprocess.Popen(
-                [os.path.join(self.build, "nbd-pagesrv"), "--export",
-                 f"{self.block}={self.ram_file}", "--listen", self.listen,
+                [os.path.join(self.build, "nbd-pagesrv"), *export, "--listen", self.listen,
                  "--control", self.control, "--exit-when-idle", "--no-mlock", *self.tls],
-                stdout=logf, stderr=logf, start_new_session=True)
+                stdin=subprocess.PIPE if ahead else None, stdout=logf, stderr=logf,
+                start_new_session=True)
+
+    def give(self, block, ram_file):
+        """The export of an exporter spawned ahead: it serves it now."""
+        self.block, self.ram_file = block, ram_file
+        try:
+            self.proc.stdin.write(f"{block}={ram_file}\n\n".encode())
+            self.proc.stdin.close()
+        except OSError as e:
+            raise Failure(f"the source exporter started ahead (pid {self.proc.pid}) cannot be "
+                          f"given its export: {e.strerror}; see {self.log_path}") from e
+
+    def cancel(self):
+        """An exporter spawned ahead that will not be needed: told nothing,
+        it exits serving nothing."""
+        if self.proc.stdin and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        self.stop()
 
     def wait_listening(self):
         # Ready once it says it listens (it logs that after listen()

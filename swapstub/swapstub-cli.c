@@ -131,9 +131,12 @@ static int cmd_map(const Args *a, GError **error)
     }
     SwapStubArmReport r = { 0 };
     bool ok = swapstub_map(s, &r, error);
-    if (ok)
+    if (ok) {
         printf("mapped pages=%" G_GUINT64_FORMAT " map_runs=%" G_GUINT64_FORMAT
                " seconds=%.3f\n", swapstub_pages(s), r.map_runs, r.map_s);
+        /* The caller goes on at this line, not at this process's exit. */
+        fflush(stdout);
+    }
     swapstub_free(s);
     return ok ? 0 : 1;
 }

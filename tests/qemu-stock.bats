@@ -164,6 +164,9 @@ prepare_ahead() {
     kill -0 "$agent"
     [ -S "${ctl%/ctl.sock}/agent.sock" ]
     [ "$(ps -o sid= -p "$agent")" -eq "$agent" ]
+    # The source's exporter is started too, waiting to be told the RAM file
+    # before it opens anything or listens.
+    pgrep -P "$agent" -f -- "--exports-on-stdin --listen 127.0.0.1:$sport"
     # A second preparation of the same name is refused, not stacked.
     run "${prep[@]}" --prepare-only
     [ "$status" -ne 0 ]
@@ -181,6 +184,17 @@ print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_re
     st=$("$PAGESRV_CTL" "$ctl" stats)
     [ "$(json_get "$st" store.remote_pages)" -eq 0 ]
     [ "$(json_get "$st" store.marker_pages)" -eq 32768 ]
+    # A command that does not match the preparation (another address for
+    # the source's exporter) is declined by the agent, then refused by the
+    # command itself, and undoes nothing.
+    run swapcopy_migrate --source-listen "127.0.0.1:$mport" --migrate-uri "tcp:127.0.0.1:$sport"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"or declined this command"* ]]
+    grep -q "declined a command" "${ctl%/ctl.sock}.agent.log"
+    kill -0 "$agent"
+    [ -S "${ctl%/ctl.sock}/agent.sock" ]
+    [ "$(json_get "$("$PAGESRV_CTL" "$ctl" stats)" store.marker_pages)" -eq 32768 ]
     # The source guest kept walking meanwhile.
     wait_for_pass "$SRC_SERIAL" $(( $(grep -c '^PASS' "$SRC_SERIAL") + 1 )) 60
     run swapcopy_migrate --source-listen "127.0.0.1:$sport" --migrate-uri "tcp:127.0.0.1:$mport"
@@ -191,6 +205,8 @@ print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_re
     [[ "$output" == *"read while the sides were checked"* ]]
     [ ! -s "/proc/$agent/cmdline" ]           # gone (or a zombie) when the command returns
     grep -q "took the migration" "${ctl%/ctl.sock}.agent.log"
+    # The exporter started ahead served the source's RAM file.
+    grep -q "source export 'mem': $SRC_RAM" "${ctl%/ctl.sock}.exporter.log"
     [[ "$output" == *"mapped pages=32768"* ]]
     [[ "$output" != *"armed pages="* ]]       # not armed again
     s=$(cat "$BATS_TEST_TMPDIR/summary.json")
@@ -211,6 +227,7 @@ print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_re
     [ "$status" -eq 0 ]
     [[ "$output" == *"destination unprepared"* ]]
     [ ! -s "/proc/$agent/cmdline" ]           # the agent was stopped first
+    run ! pgrep -f -- "--exports-on-stdin --listen 127.0.0.1:$sport"   # its exporter too
     [ "$(machine_state)" = "$BEFORE" ]
     [ ! -e "$BATS_TEST_TMPDIR/run/t$$-$BATS_TEST_NUMBER" ]
     # The destination still waits, its RAM plain zeros as a fresh QEMU's;
