@@ -229,6 +229,33 @@ PY
     [ "$(jfield "$info" exports.0.is_read_only)" = true ]
 }
 
+@test "source: --exports-on-stdin waits, listening nowhere, until told its export; told none, it exits" {
+    mk_src 4
+    port=$(free_port)
+    # Told nothing: it exits 0, serving nothing, having listened nowhere.
+    run "$PAGESRV" --exports-on-stdin --listen "127.0.0.1:$port" </dev/null
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"standard input ended with no export: nothing to serve"* ]]
+    [[ "$output" != *"serving NBD"* ]]
+    run "$PAGESRV" --exports-on-stdin --export "mem=$IMG" --listen "127.0.0.1:$port" </dev/null
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"--exports-on-stdin replaces --export"* ]]
+    # Started ahead, then told: it serves exactly that file.
+    mkfifo "$T/exports"
+    "$PAGESRV" --exports-on-stdin --listen "127.0.0.1:$port" <"$T/exports" >"$T/ahead.log" 2>&1 &
+    pid=$!
+    defer kill_wait "$pid"
+    exec {w}>"$T/exports"
+    sleep 0.5
+    kill -0 "$pid"
+    run ! port_bound "$port"
+    printf 'mem=%s\n\n' "$IMG" >&$w
+    exec {w}>&-
+    wait_for grep -q "serving NBD on TCP 127.0.0.1:$port" "$T/ahead.log"
+    nbdcopy "nbd://127.0.0.1:$port/mem" "$T/copy.img"
+    cmp "$IMG" "$T/copy.img"
+}
+
 @test "pull: a shuffled map is pulled byte for byte (libnbd, nbdcopy and the kernel's view)" {
     mk_src 64
     SLOTS=20000 MAP=$T/map
