@@ -59,7 +59,11 @@ blockdev_pid_running() {
 _blockdev_mounted() {
     local esc=$1
     esc=${esc//\\/\\134}; esc=${esc// /\\040}; esc=${esc//$'\t'/\\011}; esc=${esc//$'\n'/\\012}
-    M=$esc awk '$2 == ENVIRON["M"] { found = 1 } END { exit !found }' /proc/self/mounts
+    local _dev mp _rest
+    while read -r _dev mp _rest; do
+        [ "$mp" = "$esc" ] && return 0
+    done </proc/self/mounts
+    return 1
 }
 
 _blockdev_have_nbd_driver() {
@@ -105,7 +109,9 @@ _blockdev_attach_nbd() {
     return 1
 }
 
-_blockdev_lib_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+_blockdev_lib_dir=${BASH_SOURCE[0]%/*}
+[ "$_blockdev_lib_dir" != "${BASH_SOURCE[0]}" ] || _blockdev_lib_dir=.
+_blockdev_lib_dir=$(cd "$_blockdev_lib_dir" && pwd)
 
 # The swap-safe preload for nbdfuse: named, built, or installed.
 _blockdev_swap_safe_preload() {
@@ -167,7 +173,9 @@ _blockdev_loop_on() {
         return 1
     fi
     _blockdev_record "$state" "loop $dev $file"
-    if [ "$(losetup -n -O DIO "$dev" | tr -d ' ')" != 1 ]; then
+    local dio
+    dio=$(losetup -n -O DIO "$dev")
+    if [ "${dio// /}" != 1 ]; then
         _blockdev_err "$dev on $file did not get direct I/O, refusing: a buffered loop device would answer swap-ins from its page cache instead of the server"
         return 1
     fi
