@@ -376,6 +376,7 @@ class Migration:
             try:
                 p.stdin.write("go\n")
                 p.stdin.close()
+                p.stdin = None              # communicate() below must not flush it
                 for line in p.stdout:
                     out.append(line)
                     if line.startswith("mapped "):

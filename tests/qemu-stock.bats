@@ -203,6 +203,7 @@ print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_re
     # The agent ran it, writing to this command's output; then it exited.
     [[ "$output" == *"prepared "*" s ago in "*"(its agent, pid $agent, migrates)"* ]]
     [[ "$output" == *"read while the sides were checked"* ]]
+    [[ "$output" != *Traceback* ]]
     [ ! -s "/proc/$agent/cmdline" ]           # gone (or a zombie) when the command returns
     grep -q "took the migration" "${ctl%/ctl.sock}.agent.log"
     # The exporter started ahead served the source's RAM file.
