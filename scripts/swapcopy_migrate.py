@@ -200,15 +200,20 @@ class Migration:
         self.dst_size = dm["size"]
         self.dst_pid = a.dst_pid or find_pid_by_qmp(a.dst_qmp)
 
-    def check_sides(self):
+    def check_source_side(self):
+        """The source QEMU, checked against the destination; its state."""
         a = self.a
-        self.check_destination()
         self.src, s_state, self.size, self.ram_file = open_source(a)
         if self.size != self.dst_size:
             raise Failure(f"block '{a.block}' is {self.size} bytes on the source but "
                           f"{self.dst_size} on the destination")
         self.src_was_running = s_state == "running"
-        log(f"source {s_state}, destination waiting; block '{a.block}' "
+        return s_state
+
+    def check_sides(self):
+        self.check_destination()
+        s_state = self.check_source_side()
+        log(f"source {s_state}, destination waiting; block '{self.a.block}' "
             f"{self.size >> 20} MiB in {self.ram_file}; destination pid {self.dst_pid}")
 
     def new_exporter(self):
@@ -677,11 +682,7 @@ class Migration:
         self.prepared_ahead = True
         dst = JoinedThread(self.ready_destination)
         try:
-            self.src, s_state, self.size, self.ram_file = open_source(a)
-            if self.size != self.dst_size:
-                raise Failure(f"block '{a.block}' is {self.size} bytes on the source but "
-                              f"{self.dst_size} on the destination")
-            self.src_was_running = s_state == "running"
+            s_state = self.check_source_side()
             log(f"source {s_state}; block '{a.block}' {self.size >> 20} MiB in {self.ram_file}; "
                 f"destination pid {self.dst_pid}, prepared "
                 f"{time.time() - self.prepared_state['prepared_at']:.0f} s ago in "
