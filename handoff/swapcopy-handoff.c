@@ -17,8 +17,10 @@
  *            with descriptors 1 and 2 (SCM_RIGHTS)
  *   answer   "accepted" or "decline"; then, once it is done, "exit N"; the
  *            connection closes when the agent has exited
- *   from us  "interrupt", on SIGINT/SIGTERM/SIGHUP: the agent stops the
- *            migration as Ctrl-C would have stopped swapcopy-migrate */
+ *   from us  "interrupt", on SIGINT/SIGTERM: the agent stops the migration
+ *            as Ctrl-C would have stopped swapcopy-migrate. On SIGHUP (the
+ *            terminal went) we just go: the agent cancels a migration that
+ *            has not switched yet, and finishes one that has. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -39,7 +41,8 @@ static volatile sig_atomic_t agent_fd = -1;
 
 static void on_signal(int sig)
 {
-    (void)sig;
+    if (sig == SIGHUP)
+        _exit(128 + SIGHUP);
     int saved = errno;
     if (agent_fd >= 0)
         (void)send(agent_fd, "interrupt", 9, MSG_NOSIGNAL);

@@ -278,8 +278,11 @@ class Agent:
         return None
 
     def watch_caller(self):
-        """The caller's Ctrl-C (or its end) stops the migration as it would
-        have stopped it running there."""
+        """The caller's Ctrl-C stops the migration as it would have stopped
+        it running there. A caller that goes without a word (killed, its
+        terminal closed) cancels a migration that has not switched yet;
+        after the switch the guest needs the landing finished, so it goes
+        on, writing to this agent's log instead."""
         while True:
             try:
                 got = self.conn.recv(64)
@@ -287,7 +290,17 @@ class Agent:
                 got = b""
             if self.finished:
                 return
-            if got == b"interrupt" or not got:
+            if got == b"interrupt":
                 os.kill(os.getpid(), signal.SIGTERM)
-            if not got:
-                return
+                continue
+            if got:
+                continue
+            if self.m.switched:
+                fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                os.close(fd)
+                log("the caller went away after the switch: finishing the landing, output here")
+            else:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
