@@ -125,16 +125,6 @@ agent_of() {
     python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["agent_pid"])' "$1/prepared.json"
 }
 
-# gone PID: wait up to 30 s for it to exit (a zombie counts as gone).
-gone() {
-    local i
-    for (( i = 0; i < 300; i++ )); do
-        [ -s "/proc/$1/cmdline" ] || return 0
-        sleep 0.1
-    done
-    return 1
-}
-
 prepare_ahead() {
     free_port_pair sport mport || return 1
     prep=("$SWAPCOPY_SRC/scripts/swapcopy-migrate" --dst-qmp "$DST_QMP" --name "t$$-$BATS_TEST_NUMBER"
@@ -192,7 +182,7 @@ print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_re
     [ "$status" -ne 0 ]
     [[ "$output" == *"or declined this command"* ]]
     grep -q "declined a command" "${ctl%/ctl.sock}.agent.log"
-    kill -0 "$agent"
+    process_running "$agent"
     [ -S "${ctl%/ctl.sock}/agent.sock" ]
     [ "$(json_get "$("$PAGESRV_CTL" "$ctl" stats)" store.marker_pages)" -eq 32768 ]
     # The source guest kept walking meanwhile.
@@ -204,7 +194,7 @@ print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_re
     [[ "$output" == *"prepared "*" s ago in "*"(its agent, pid $agent, migrates)"* ]]
     [[ "$output" == *"read while the sides were checked"* ]]
     [[ "$output" != *Traceback* ]]
-    [ ! -s "/proc/$agent/cmdline" ]           # gone (or a zombie) when the command returns
+    wait_exited "$agent"                      # gone when the command returns
     grep -q "took the migration" "${ctl%/ctl.sock}.agent.log"
     # The exporter started ahead served the source's RAM file.
     grep -q "source export 'mem': $SRC_RAM" "${ctl%/ctl.sock}.exporter.log"
@@ -218,6 +208,31 @@ print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_re
     [ "$status" -eq 1 ]
 }
 
+@test "stock QEMU: the command of a prepared migration killed after the switch: its agent finishes the landing" {
+    qemu_pair_start 128 -kernel "$SWAPCOPY_BUILD/guest/memwalk.elf"
+    wait_for_pass "$SRC_SERIAL" 2 60
+    prepare_ahead
+    dir=$BATS_TEST_TMPDIR/run/t$$-$BATS_TEST_NUMBER
+    agent=$(agent_of "$dir")
+    # The launcher execs swapcopy-handoff: $! is the operator's command.
+    "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --src-qmp "$SRC_QMP" --dst-qmp "$DST_QMP" \
+        --name "t$$-$BATS_TEST_NUMBER" --state-dir "$BATS_TEST_TMPDIR/run" \
+        --source-listen "127.0.0.1:$sport" --migrate-uri "tcp:127.0.0.1:$mport" \
+        >"$BATS_TEST_TMPDIR/cmd.out" 2>&1 &
+    cmd=$!
+    defer kill_wait "$cmd"
+    wait_for grep -q "switched over" "$BATS_TEST_TMPDIR/cmd.out"
+    kill -KILL "$cmd"
+    wait_exited "$agent"
+    cat "$dir.agent.log"
+    grep -q "the caller went away after the switch" "$dir.agent.log"
+    grep -q "swap device detached" "$dir.agent.log"
+    [ "$(machine_state)" = "$BEFORE" ]
+    wait_for_pass "$DST_SERIAL" $(( $(grep -c '^PASS' "$DST_SERIAL") + 2 )) 120
+    run grep '^ERROR' "$SRC_SERIAL" "$DST_SERIAL"
+    [ "$status" -eq 1 ]
+}
+
 @test "stock QEMU: --unprepare undoes a preparation never migrated to: device gone, RAM zero, source untouched" {
     qemu_pair_start 64
     prepare_ahead
@@ -227,7 +242,7 @@ print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_re
     echo "$output"
     [ "$status" -eq 0 ]
     [[ "$output" == *"destination unprepared"* ]]
-    [ ! -s "/proc/$agent/cmdline" ]           # the agent was stopped first
+    run ! process_running "$agent"            # the agent was stopped first (and waited for)
     run ! pgrep -f -- "--exports-on-stdin --listen 127.0.0.1:$sport"   # its exporter too
     [ "$(machine_state)" = "$BEFORE" ]
     [ ! -e "$BATS_TEST_TMPDIR/run/t$$-$BATS_TEST_NUMBER" ]
@@ -255,7 +270,7 @@ PY
     dir=$BATS_TEST_TMPDIR/run/t$$-$BATS_TEST_NUMBER
     agent=$(agent_of "$dir")
     kill_wait_any "$DST_QPID"
-    gone "$agent"
+    wait_exited "$agent"
     cat "$dir.agent.log"
     grep -q "exited: undoing the preparation" "$dir.agent.log"
     [ "$(machine_state)" = "$BEFORE" ]
@@ -269,7 +284,7 @@ PY
     prepare_ahead
     agent=$(agent_of "$BATS_TEST_TMPDIR/run/t$$-$BATS_TEST_NUMBER")
     kill -KILL "$agent"
-    gone "$agent"
+    wait_exited "$agent"
     run swapcopy_migrate --source-listen "127.0.0.1:$sport" --migrate-uri "tcp:127.0.0.1:$mport"
     echo "$output"
     [ "$status" -eq 0 ]

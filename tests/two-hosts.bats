@@ -97,7 +97,7 @@ crossed_veth() {
     grep -q "the armed region was read while the sides were checked" "$DST_OUT"
     [ "$(json_get "$(cat "$DST_JSON")" prepared_ahead)" = True ]
     grep -q "took the migration" "$state/dst/$name.agent.log"
-    [ ! -s "/proc/$agent/cmdline" ]
+    wait_exited "$agent"
     wait_for_pass "$DST_SERIAL" $(( $(grep -c '^PASS' "$DST_SERIAL") + 3 )) 120
     run grep '^ERROR' "$SRC_SERIAL" "$DST_SERIAL"
     [ "$status" -eq 1 ]

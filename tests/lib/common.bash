@@ -54,6 +54,26 @@ kill_wait() {
     return 0
 }
 
+# process_running PID: the process exists and has not exited (a zombie,
+# not reaped yet by a parent that is not ours, has). /proc/PID/cmdline
+# cannot tell: test -s sees size 0 for every /proc file.
+process_running() {
+    local st
+    st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    [ -n "$st" ] && [ "${st:0:1}" != Z ]
+}
+
+# wait_exited PID: wait up to 30 s for the process to exit.
+wait_exited() {
+    local i
+    for (( i = 0; i < 300; i++ )); do
+        process_running "$1" || return 0
+        sleep 0.1
+    done
+    echo "process $1 is still running after 30 s" >&2
+    return 1
+}
+
 # wait_for CMD...: retry CMD for up to 10 s.
 wait_for() {
     local i
