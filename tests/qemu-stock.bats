@@ -233,6 +233,39 @@ print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_re
     [ "$status" -eq 1 ]
 }
 
+@test "stock QEMU: Ctrl-C on the command of a prepared migration before the switch: the agent cancels and undoes it" {
+    qemu_pair_start 64
+    prepare_ahead
+    dir=$BATS_TEST_TMPDIR/run/t$$-$BATS_TEST_NUMBER
+    agent=$(agent_of "$dir")
+    # A stopped source QEMU does not answer QMP: the agent waits there,
+    # before the switch, as long as the test needs.
+    kill -STOP "$SRC_QPID"
+    defer kill -CONT "$SRC_QPID"
+    "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --src-qmp "$SRC_QMP" --dst-qmp "$DST_QMP" \
+        --name "t$$-$BATS_TEST_NUMBER" --state-dir "$BATS_TEST_TMPDIR/run" \
+        --source-listen "127.0.0.1:$sport" --migrate-uri "tcp:127.0.0.1:$mport" \
+        >"$BATS_TEST_TMPDIR/cmd.out" 2>&1 &
+    cmd=$!
+    defer kill_wait "$cmd"
+    wait_for grep -q "took the migration" "$dir.agent.log"
+    # While it migrates, --unprepare is refused.
+    run "${prep[@]}" --unprepare
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"is migrating it"* ]]
+    kill -INT "$cmd"
+    kill -CONT "$SRC_QPID"
+    st=0
+    wait "$cmd" || st=$?
+    cat "$BATS_TEST_TMPDIR/cmd.out"
+    [ "$st" -eq 130 ]
+    grep -q "FAILED: interrupted" "$BATS_TEST_TMPDIR/cmd.out"
+    wait_exited "$agent"
+    [ "$(machine_state)" = "$BEFORE" ]
+    [ "$(qmp "$SRC_QMP" query-status | json_get "$(cat)" status)" = running ]
+    [ "$(qmp "$DST_QMP" query-status | json_get "$(cat)" status)" = inmigrate ]
+}
+
 @test "stock QEMU: --unprepare undoes a preparation never migrated to: device gone, RAM zero, source untouched" {
     qemu_pair_start 64
     prepare_ahead
