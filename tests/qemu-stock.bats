@@ -137,6 +137,19 @@ prepare_ahead() {
     [ "$status" -eq 0 ]
 }
 
+# migrate_in_background: the migration to the destination prepare_ahead
+# prepared, run as an operator would, in the background; its output in
+# $BATS_TEST_TMPDIR/cmd.out. Sets cmd: the launcher execs swapcopy-handoff,
+# so $! is the operator's command itself.
+migrate_in_background() {
+    "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --src-qmp "$SRC_QMP" --dst-qmp "$DST_QMP" \
+        --name "t$$-$BATS_TEST_NUMBER" --state-dir "$BATS_TEST_TMPDIR/run" \
+        --source-listen "127.0.0.1:$sport" --migrate-uri "tcp:127.0.0.1:$mport" \
+        >"$BATS_TEST_TMPDIR/cmd.out" 2>&1 &
+    cmd=$!
+    defer kill_wait "$cmd"
+}
+
 @test "stock QEMU: a destination prepared ahead is migrated to later; the migration only maps and switches" {
     qemu_pair_start 128 -kernel "$SWAPCOPY_BUILD/guest/memwalk.elf"
     wait_for_pass "$SRC_SERIAL" 2 60
@@ -214,13 +227,7 @@ print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_re
     prepare_ahead
     dir=$BATS_TEST_TMPDIR/run/t$$-$BATS_TEST_NUMBER
     agent=$(agent_of "$dir")
-    # The launcher execs swapcopy-handoff: $! is the operator's command.
-    "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --src-qmp "$SRC_QMP" --dst-qmp "$DST_QMP" \
-        --name "t$$-$BATS_TEST_NUMBER" --state-dir "$BATS_TEST_TMPDIR/run" \
-        --source-listen "127.0.0.1:$sport" --migrate-uri "tcp:127.0.0.1:$mport" \
-        >"$BATS_TEST_TMPDIR/cmd.out" 2>&1 &
-    cmd=$!
-    defer kill_wait "$cmd"
+    migrate_in_background
     wait_for grep -q "switched over" "$BATS_TEST_TMPDIR/cmd.out"
     kill -KILL "$cmd"
     wait_exited "$agent"
@@ -242,12 +249,7 @@ print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_re
     # before the switch, as long as the test needs.
     kill -STOP "$SRC_QPID"
     defer kill -CONT "$SRC_QPID"
-    "$SWAPCOPY_SRC/scripts/swapcopy-migrate" --src-qmp "$SRC_QMP" --dst-qmp "$DST_QMP" \
-        --name "t$$-$BATS_TEST_NUMBER" --state-dir "$BATS_TEST_TMPDIR/run" \
-        --source-listen "127.0.0.1:$sport" --migrate-uri "tcp:127.0.0.1:$mport" \
-        >"$BATS_TEST_TMPDIR/cmd.out" 2>&1 &
-    cmd=$!
-    defer kill_wait "$cmd"
+    migrate_in_background
     wait_for grep -q "took the migration" "$dir.agent.log"
     # While it migrates, --unprepare is refused.
     run "${prep[@]}" --unprepare
