@@ -33,13 +33,19 @@ PROTOCOL = b"swapcopy-migrate/1"
 SOCKET_NAME = "agent.sock"
 
 
-def agent_alive(pid):
-    """Whether `pid` is still a swapcopy-migrate agent (not a reused pid)."""
+def cmdline_of(pid):
+    """The process's command line; empty once it has exited (a zombie's is
+    empty too) or if there is no such process."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read()
+            return f.read()
     except OSError:
-        return False
+        return b""
+
+
+def agent_alive(pid):
+    """Whether `pid` is still a swapcopy-migrate agent (not a reused pid)."""
+    args = cmdline_of(pid)
     return b"swapcopy_migrate_main.py" in args or b"swapcopy-migrate" in args
 
 

@@ -39,7 +39,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from qmp import QMP, QMPError  # noqa: E402
-from swapcopy_agent import SOCKET_NAME, Agent, agent_alive  # noqa: E402
+from swapcopy_agent import SOCKET_NAME, Agent, agent_alive, cmdline_of  # noqa: E402
 from swapcopy_source import (MIGRATION_CAPS, Exporter, Failure, SourceSide,  # noqa: E402
                              log, memdev, nbd_uri, open_source, run_migration, save_summary,
                              tls_args)
@@ -67,12 +67,8 @@ class JoinedThread(threading.Thread):
 
 
 def process_alive(pid):
-    """Running, not exited (a zombie has an empty command line)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return bool(f.read(1))
-    except OSError:
-        return False
+    """Running, not exited."""
+    return bool(cmdline_of(pid))
 
 
 def find_pid_by_qmp(path):

@@ -70,8 +70,10 @@ def open_source(a):
     if not a.src_ram:
         asked.append(("qom-get", {"path": f"/objects/{a.block}", "property": "mem-path"}))
     src = QMP(a.src_qmp, first=asked)
-    for answer in src.first:
-        if isinstance(answer, QMPError) and answer is not src.first[-1]:
+    # query-status and query-memdev must answer; qom-get's error (a block
+    # that is no file) is reported below, after the clearer checks.
+    for answer in src.first[:2]:
+        if isinstance(answer, QMPError):
             raise answer
     st = src.first[0]["status"]
     if st not in ("running", "paused"):
