@@ -9,8 +9,8 @@
  *   read    handshake, then ask for four 32 MiB READs and never read the
  *           replies
  *   silent  connect and say nothing
- *   options send 1000 NBD_OPT_STRUCTURED_REPLY options, then count the
- *           replies until the server closes ("answered K")
+ *   options send up to 1000 NBD_OPT_STRUCTURED_REPLY options, each after
+ *           the last one's reply, until the server closes ("answered K")
  * Prints "ready N" once every connection is in place, holds them HOLD_S
  * seconds, then prints how many the server had closed ("closed K") and
  * exits 0; 1 if the connections could not be set up as asked. */
@@ -166,20 +166,21 @@ static int closed_by_server(int fd)
 static int option_flood(const char *addr)
 {
     int fd = dial(addr);
-    unsigned char greet[18], flags[4], opt[16];
+    unsigned char greet[18], flags[4], opt[16], rep[20];
     recv_all(fd, greet, sizeof greet);
     put32(flags, 3);
     send_all(fd, flags, sizeof flags);
+    /* Lock-step, one option and its reply at a time: a server that closes
+     * with our options still unread answers with a RST, and a RST may drop
+     * replies it had already queued, so a pipelined flood could not count
+     * them exactly. */
+    int answered = 0;
     for (int i = 0; i < 1000; i++) {
         put64(opt, UINT64_C(0x49484156454f5054));
         put32(opt + 8, 8);   /* NBD_OPT_STRUCTURED_REPLY */
         put32(opt + 12, 0);
         if (send(fd, opt, sizeof opt, MSG_NOSIGNAL) != (ssize_t)sizeof opt)
-            break;   /* closed: the replies say how far it got */
-    }
-    int answered = 0;
-    unsigned char rep[20];
-    for (;;) {
+            break;   /* closed */
         size_t got = 0;
         while (got < sizeof rep) {
             ssize_t r = recv(fd, rep + got, sizeof rep - got, 0);
