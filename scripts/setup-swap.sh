@@ -126,7 +126,8 @@ fi
 # sets the device up.
 prepare_lock=${SWAPCOPY_PREPARE_LOCK:-/run/lock/swapcopy-prepare.lock}
 if [ "${SWAPCOPY_PREPARE_LOCK_HELD:-}" != 1 ]; then
-    mkdir -p "$(dirname "$prepare_lock")"
+    case $prepare_lock in */*) lock_dir=${prepare_lock%/*} ;; *) lock_dir=. ;; esac
+    [ -d "${lock_dir:-/}" ] || mkdir -p "$lock_dir"
     exec 9>>"$prepare_lock" || die "cannot open the lock $prepare_lock"
     flock 9 || die "cannot lock $prepare_lock"
 fi
@@ -194,11 +195,17 @@ args=(--size "$size" --socket "$sock" --control "$ctl" --src "$src")
 setsid "$pagesrv" "${args[@]}" >"$state/pagesrv.log" 2>&1 </dev/null 9>&- &
 pagesrv_pid=$!
 echo "$pagesrv_pid" >"$state/pagesrv.pid"
-for (( i = 0; i < 1000; i++ )); do
+# The control socket comes last, once the daemon serves. Polled every 2 ms
+# with read's timeout on a pipe nobody writes: sleep(1) would cost a
+# program start each time, and the daemon is up in 15-20 ms.
+exec {pipe}< <(:)
+exec {never}<>"/proc/self/fd/$pipe" {pipe}<&-
+for (( i = 0; i < 5000; i++ )); do
     [ -S "$ctl" ] && break
     kill -0 "$pagesrv_pid" 2>/dev/null || break
-    sleep 0.01
+    read -r -t 0.002 -u "$never" _ || :
 done
+exec {never}<&-
 if [ ! -S "$ctl" ]; then
     cat "$state/pagesrv.log" >&2
     false   # triggers the ERR trap
@@ -211,6 +218,10 @@ else
 fi
 echo "$device" >"$state/device"
 label=sc-$name
+# Recording the device in the daemon needs no swap on it yet: it runs
+# beside mkswap and swapon (a program start, ~10 ms, off the path).
+"${pagesrv%/*}/pagesrv-ctl" "$ctl" device "$device" >/dev/null 9>&- &
+record_pid=$!
 mkswap -L "${label:0:16}" "$device" >/dev/null
 if [ "$stub" = yes ]; then
     # util-linux's swapon cannot pass SWAP_FLAG_STUB.
@@ -218,7 +229,7 @@ if [ "$stub" = yes ]; then
 else
     swapon -p "$priority" --discard=pages "$device"
 fi
-"${pagesrv%/*}/pagesrv-ctl" "$ctl" device "$device" >/dev/null
+wait "$record_pid"
 : >"$state/swapon"
 trap - ERR
 
