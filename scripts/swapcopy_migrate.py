@@ -38,6 +38,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import pagesrv_control  # noqa: E402
 from qmp import QMP, QMPError  # noqa: E402
 from swapcopy_agent import SOCKET_NAME, Agent, agent_alive, cmdline_of  # noqa: E402
 from swapcopy_source import (MIGRATION_CAPS, Exporter, Failure, SourceSide,  # noqa: E402
@@ -150,7 +151,6 @@ class Migration:
     def __init__(self, args):
         self.a = args
         self.build = args.build
-        self.ctl = os.path.join(self.build, "pagesrv-ctl")
         self.t = {}
         self.swap = None
         self.src_exporter = None
@@ -172,15 +172,18 @@ class Migration:
     def prepared_path(self):
         return os.path.join(self.a.state_dir, self.a.name, "prepared.json")
 
+    def control(self, *words):
+        """A request to the destination's nbd-pagesrv."""
+        try:
+            return pagesrv_control.request(self.swap["CONTROL"], *words)
+        except pagesrv_control.ControlError as e:
+            raise Failure(str(e)) from e
+
     def status(self):
-        out = subprocess.run([self.ctl, self.swap["CONTROL"], "status"], capture_output=True,
-                             text=True)
-        if out.returncode != 0:
-            raise Failure(f"nbd-pagesrv status failed: {out.stdout.strip()} {out.stderr.strip()}")
-        return json.loads(out.stdout)
+        return self.control("status")
 
     def policy(self, *words):
-        run([self.ctl, self.swap["CONTROL"], "policy", *words])
+        self.control("policy", *words)
 
     def check_destination(self):
         """What preparing needs: a destination waiting with private RAM."""
@@ -483,7 +486,7 @@ class Migration:
         self.set_up_incoming()
         self.wait_source_exporter()
         self.map()
-        run([self.ctl, self.swap["CONTROL"], "tell-source", "ready"])
+        self.control("tell-source", "ready")
         self.mark("ready")
         log(f"ready: told the source at {self.source_addr}; waiting for the migration")
         self.wait_incoming()
@@ -546,7 +549,7 @@ class Migration:
             self.mark("all_landed")
 
     def finish(self):
-        self.stats = json.loads(run([self.ctl, self.swap["CONTROL"], "stats"]))
+        self.stats = self.control("stats")
         # Until the device is detached the kernel may read a landed page
         # again (it dropped a clean copy), so the source is needed until then.
         self.teardown()

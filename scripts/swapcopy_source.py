@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pagesrv_control
 from qmp import QMP, QMPError
 
 
@@ -194,12 +195,10 @@ class Exporter:
         self.wait_listening()
 
     def stats(self):
-        r = subprocess.run([os.path.join(self.build, "pagesrv-ctl"), self.control, "stats"],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            raise Failure(f"the source exporter's stats ({self.control}) failed: "
-                          f"{r.stderr.strip() or r.stdout.strip()}")
-        return json.loads(r.stdout)
+        try:
+            return pagesrv_control.request(self.control, "stats")
+        except pagesrv_control.ControlError as e:
+            raise Failure(f"the source exporter's stats: {e}") from e
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -264,10 +263,14 @@ class SourceSide:
         while self.exporter.alive():
             try:
                 st = self.exporter.stats()
-            except Failure:
-                if not self.exporter.alive():
-                    break
-                raise
+            except Failure as e:
+                # An exporter done with its clients removes its control
+                # socket just before it exits: give it time to.
+                try:
+                    self.exporter.proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    raise e from None
+                break
             now = time.monotonic()
             if now - last >= self.a.progress_interval:
                 log(f"served {st['bytes']['read'] / 1048576:.0f} MiB to "
