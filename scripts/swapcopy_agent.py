@@ -84,6 +84,13 @@ class Agent:
             os.setsid()
             self.detach()
             listener = self.listen()
+            # What a migration would otherwise wait for is under way before
+            # the caller hears back: a migration started right away (as
+            # bench/vs-qemu-postcopy does) found the region's read unfinished.
+            self.m.start_early_map()
+            self.m.wait_early_map_attached()
+            if self.m.a.role == "both":
+                self.m.start_exporter_ahead()
             self.m.save_prepared(agent_pid=os.getpid())
             os.write(w, b"listening")
         except BaseException as e:          # noqa: B902 - reported to the parent, whatever it is
@@ -152,9 +159,6 @@ class Agent:
             self.unlink_socket()
             m.run_unprepare()
             return 1
-        m.start_early_map()
-        if m.a.role == "both":
-            m.start_exporter_ahead()
         poller = select.poll()
         poller.register(listener, select.POLLIN)
         poller.register(qemu, select.POLLIN)

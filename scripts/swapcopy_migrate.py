@@ -158,6 +158,7 @@ class Migration:
         self.switched = False
         self.swap_type = None
         self.early_map = None
+        self.early_map_said = []
         self.exporter_ahead = None
         # Where the destination reaches the source's exporter: the same
         # address it listens on, unless the two are on different hosts.
@@ -362,6 +363,13 @@ class Migration:
             return                  # nothing prepared; or load_prepared() will say why
         self.early_map = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True)
+        self.early_map_said = []
+
+    def wait_early_map_attached(self):
+        """Until the early map has read the region (its 'attached' line, or
+        its end if it failed: map_once then says why)."""
+        if self.early_map is not None:
+            self.early_map_said.append(self.early_map.stdout.readline())
 
     def drop_early_map(self):
         """Its standard input closed without 'go': it exits, mapping nothing."""
@@ -376,7 +384,7 @@ class Migration:
             self.early_map = None
             # Done once it says so: its exit (freeing what it read of the
             # region) is not waited for on the way to the switch.
-            out = []
+            out = self.early_map_said
             try:
                 p.stdin.write("go\n")
                 p.stdin.close()
