@@ -172,14 +172,18 @@ class Exporter:
 
     def wait_listening(self):
         # Ready once it says it listens (it logs that after listen()
-        # succeeded). Probing with a client instead would hang on whatever
-        # else might hold the port and accept without answering. A prepared
-        # destination waits on nothing else before the switch: poll often.
+        # succeeded), and has its control socket, which comes a moment
+        # later: stats() right after must not find it missing. Probing with
+        # a client instead would hang on whatever else might hold the port
+        # and accept without answering. A prepared destination waits on
+        # nothing else before the switch: poll often.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with open(self.log_path) as f:
-                if f"serving NBD on TCP {self.listen}" in f.read():
-                    return
+                said = f.read()
+            if f"serving NBD on TCP {self.listen}" in said and \
+                    f"control socket {self.control}" in said:
+                return
             if self.proc.poll() is not None:
                 break
             time.sleep(0.002)
