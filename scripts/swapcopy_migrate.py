@@ -30,6 +30,7 @@ import argparse
 import fcntl
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -365,11 +366,18 @@ class Migration:
                                           stderr=subprocess.PIPE, text=True)
         self.early_map_said = []
 
-    def wait_early_map_attached(self):
+    def wait_early_map_attached(self, timeout=30):
         """Until the early map has read the region (its 'attached' line, or
-        its end if it failed: map_once then says why)."""
-        if self.early_map is not None:
-            self.early_map_said.append(self.early_map.stdout.readline())
+        its end if it failed: map_once then says why). Not forever: a map
+        that never says so is map_once's to deal with."""
+        p = self.early_map
+        if p is None:
+            return
+        if select.select([p.stdout], [], [], timeout)[0]:
+            self.early_map_said.append(p.stdout.readline())
+        else:
+            log(f"swapstub map --wait-go (pid {p.pid}) has not read the region within "
+                f"{timeout} s; going on without waiting for it")
 
     def drop_early_map(self):
         """Its standard input closed without 'go': it exits, mapping nothing."""
