@@ -207,7 +207,7 @@ print(s["dst_pid"], hex(s["addr"]), s["size"], s["swap"]["DEVICE"], s["marker_re
     [[ "$output" == *"prepared "*" s ago in "*"(its agent, pid $agent, migrates)"* ]]
     [[ "$output" == *"read while the sides were checked"* ]]
     [[ "$output" != *Traceback* ]]
-    wait_exited "$agent"                      # gone when the command returns
+    wait_exited "$agent"   # the command returns as the agent closes its connection, while it exits
     grep -q "took the migration" "${ctl%/ctl.sock}.agent.log"
     # The exporter started ahead served the source's RAM file.
     grep -q "source export 'mem': $SRC_RAM" "${ctl%/ctl.sock}.exporter.log"
